@@ -1,0 +1,41 @@
+# kexpert: `make demo` runs the main job on the embedded default; `make test` runs the test suite.
+# Both create/refresh .venv by themselves (idempotent; a second run only checks a stamp).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+DATA_DIR ?= $(if $(KEXPERT_DATA_DIR),$(KEXPERT_DATA_DIR),$(abspath ../shared/data))
+DEMO_LIMIT ?= 40
+
+.PHONY: help venv demo test test-slow test-all lint format clean clean-outputs
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+venv: ## create/refresh .venv (torch kept if it fits, else torch==2.13.0 CPU or the CUDA build on a GPU machine)
+	@bash scripts/bootstrap_venv.sh
+
+demo: venv ## evaluate the default base model (SmolLM2-135M) on a small slice of every task and print a table
+	KEXPERT_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) eval.py -m \
+	  task=arc_c,arc_e,piqa,boolq,gsm8k,mbpp eval.limit=$(DEMO_LIMIT) eval.progress=false sweep_name=demo
+
+test: venv ## the test suite (offline, CPU, no slow tests)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
+
+test-slow: venv ## slow tests too (real SmolLM2, multiprocess DDP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" -q $(PYTEST_ARGS)
+
+lint: venv ## ruff check + format check
+	$(VENV)/bin/ruff check kexpert tests experiments scripts *.py
+	$(VENV)/bin/ruff format --check kexpert tests experiments scripts *.py
+
+format: venv ## ruff format + autofix
+	$(VENV)/bin/ruff format kexpert tests experiments scripts *.py
+	$(VENV)/bin/ruff check --fix kexpert tests experiments scripts *.py
+
+clean-outputs: ## remove run outputs (keeps caches)
+	rm -rf outputs/runs outputs/multiruns
+
+clean: clean-outputs ## remove caches of this checkout
+	rm -rf .pytest_cache .ruff_cache **/__pycache__

@@ -1,0 +1,131 @@
+"""Log-likelihood of continuations: the one scoring primitive behind multiple-choice accuracy, vanilla and
+reasoning perplexity, and bank cards.
+
+Context and continuation are tokenized separately; the continuation gets **no special tokens**, so no stray
+BOS is scored inside a response (the official ``compute_ppl.py`` bug, METHOD.md §10.2). Sequences are
+left-padded with explicit position ids, and the LM head runs only on the last positions that predict
+continuation tokens (``logits_to_keep``), which saves the 49k-vocab projection over the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Score of one continuation given its context.
+
+    Attributes:
+        logprob: Sum of the continuation tokens' log-probabilities.
+        num_tokens: Number of continuation tokens.
+        is_greedy: Whether every continuation token is the argmax.
+    """
+
+    logprob: float
+    num_tokens: int
+    is_greedy: bool
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per continuation token."""
+        return -self.logprob / max(self.num_tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(mean NLL)`` over the continuation tokens (METHOD.md Eq. 1)."""
+        return math.exp(self.mean_nll)
+
+
+def encode_pair(tokenizer, context: str, continuation: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` (with the tokenizer's own special tokens) and ``continuation`` (none).
+
+    When the pair is longer than ``max_length``, the context is truncated from the left.
+    """
+    ctx = tokenizer(context, add_special_tokens=True).input_ids
+    cont = tokenizer(continuation, add_special_tokens=False).input_ids
+    if not cont:
+        raise ValueError(f"empty continuation after tokenization: {continuation!r}")
+    if max_length is not None and len(ctx) + len(cont) > max_length:
+        keep = max(max_length - len(cont), 1)
+        ctx = ctx[-keep:]
+        cont = cont[: max_length - len(ctx)]
+    return ctx, cont
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score_continuations(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    adapter_names: Sequence[str] | None = None,
+    progress: bool | str = False,
+) -> list[ContinuationScore]:
+    """Score ``(context, continuation)`` pairs in length-sorted batches.
+
+    Args:
+        model: A causal LM (HF or peft-wrapped); put in eval mode for the call.
+        tokenizer: Its tokenizer.
+        pairs: Context and continuation texts.
+        batch_size: Sequences per forward.
+        max_length: Truncate the context from the left beyond this many tokens.
+        adapter_names: Optional per-pair peft adapter name (mixed-adapter batches; ``"__base__"`` = no adapter).
+        progress: Show a progress bar (a string is used as its description).
+
+    Returns:
+        One :class:`ContinuationScore` per pair, in input order.
+    """
+    if adapter_names is not None and len(adapter_names) != len(pairs):
+        raise ValueError("adapter_names must have one entry per pair")
+    encoded = [encode_pair(tokenizer, c, x, max_length) for c, x in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[ContinuationScore | None] = [None] * len(pairs)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(order), desc=progress if isinstance(progress, str) else "scoring", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            seqs = [encoded[i][0] + encoded[i][1] for i in idx]
+            n_cont = [len(encoded[i][1]) for i in idx]
+            ids, mask = _left_pad(seqs, pad_id, device)
+            keep = max(n_cont) + 1
+            kwargs = {}
+            if adapter_names is not None:
+                kwargs["adapter_names"] = [adapter_names[i] for i in idx]
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep, **kwargs
+            ).logits  # (b, keep, vocab)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(idx):
+                n = n_cont[row]
+                target = ids[row, -n:]  # (n,)
+                lp = logprobs[row, -n - 1 : -1]  # (n, vocab): position t predicts token t+1
+                tok_lp = lp.gather(-1, target[:, None]).squeeze(-1)
+                greedy = bool((lp.argmax(-1) == target).all())
+                out[i] = ContinuationScore(float(tok_lp.sum()), n, greedy)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Models: base-model loading, the LoRA-MoE layer, injection and the Lightning modules."""

@@ -1,0 +1,1 @@
+"""Pipelines behind the entry points (train.py, eval.py, bank.py): importable functions taking a config."""

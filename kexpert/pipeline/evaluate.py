@@ -1,0 +1,75 @@
+"""``python eval.py``: evaluate a base model (optionally with a LoRA adapter) on one task."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from kexpert.eval.evaluator import EvalResult, evaluate
+from kexpert.models.factory import BaseModelSpec
+from kexpert.tasks.task import Task
+from kexpert.utils.errors import ConfigError
+from kexpert.utils.instantiate import instantiate, to_container
+from kexpert.utils.io import sha1_of, write_json, write_jsonl
+from kexpert.utils.logging import get_logger
+from kexpert.utils.provenance import provenance
+
+log = get_logger(__name__)
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def load_model_cached(spec: BaseModelSpec, adapter: str | None = None):
+    """Load ``(model, tokenizer)`` once per process (a sequential multirun over tasks reuses it)."""
+    key = f"{spec.identity}|{spec.dtype}|{adapter}"
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        model, tok = spec.load()
+        if adapter:
+            from peft import PeftModel
+
+            if not Path(adapter).is_dir():
+                raise ConfigError(f"adapter: {adapter} is not a directory with adapter_config.json")
+            model = PeftModel.from_pretrained(model, adapter)
+            model.eval()
+        _MODEL_CACHE[key] = (model, tok)
+    return _MODEL_CACHE[key]
+
+
+def run(cfg: DictConfig) -> EvalResult:
+    """Evaluate and write ``predictions.jsonl`` + ``metrics.json`` into ``paths.output_dir``.
+
+    Returns:
+        The evaluation result.
+    """
+    task: Task = instantiate(cfg.task, key="task")
+    spec: BaseModelSpec = instantiate(cfg.base_model, key="base_model")
+    out_dir = Path(cfg.paths.output_dir)
+    t0 = time.perf_counter()
+    model, tok = load_model_cached(spec, cfg.get("adapter"))
+    load_s = time.perf_counter() - t0
+    ev = cfg.eval
+    result = evaluate(task, model, tok, spec.prompt_format, limit=ev.limit, seed=ev.seed, mode=ev.mode,
+                      batch_size=ev.batch_size, max_length=ev.max_length, sandbox_timeout_s=ev.sandbox_timeout_s,
+                      progress=ev.progress)
+    metrics = {
+        "eval": result.metrics,
+        "task_info": task.info(),
+        "model": spec.identity,
+        "adapter": cfg.get("adapter"),
+        "config_hash": sha1_of(to_container(cfg)),
+        "model_load_s": round(load_s, 3),
+        "provenance": provenance(),
+    }
+    write_jsonl(out_dir / "predictions.jsonl", result.predictions)
+    write_json(out_dir / "metrics.json", metrics)
+    key = result.metrics["primary_metric"]
+    lo, hi = result.metrics[f"{key}_ci95"]
+    extra = f" (acc_norm {100 * result.metrics['acc_norm']:.1f})" if "acc_norm" in result.metrics else ""
+    log.info("%s: %s = %.1f%% [%.1f, %.1f] n=%d%s -> %s", task.name, key, 100 * result.score, 100 * lo, 100 * hi,
+             result.metrics["n"], extra, out_dir)
+    print(f"{task.name}: {key} = {100 * result.score:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
+          f"n={result.metrics['n']}, mode={result.metrics['mode']}){extra}")
+    return result

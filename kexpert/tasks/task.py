@@ -1,0 +1,373 @@
+"""A task: where its splits come from, how its prompts look, and how an answer is judged.
+
+One :class:`Task` class serves all six tasks; everything task-specific is configuration
+(``conf/task/*.yaml``): the split sources and schema normalizers, prompt templates, the evaluation mode,
+and the answer kind (multiple choice, yes/no, number, code). Nothing here hard-codes a chat template:
+that is the base model's :class:`~kexpert.data.prompts.PromptFormat`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kexpert.data.records import Example, Instruction
+from kexpert.tasks import extractors
+from kexpert.tasks.normalizers import NORMALIZERS
+from kexpert.utils.errors import ConfigError, DataError
+from kexpert.utils.io import iter_jsonl
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+AnswerKind = Literal["multiple_choice", "yes_no", "number", "code"]
+EvalMode = Literal["loglikelihood", "generate"]
+
+
+@dataclass
+class SplitSource:
+    """Where one split lives, locally and on the hub.
+
+    Attributes:
+        local: Path relative to the data dir, or ``None`` when the split does not exist locally.
+        local_format: Normalizer name for the local file (a key of ``NORMALIZERS``).
+        hub: ``datasets.load_dataset`` arguments (``path``, optional ``name``, ``split``), or ``None``.
+        hub_format: Normalizer name for hub rows.
+    """
+
+    local: str | None = None
+    local_format: str | None = None
+    hub: dict[str, Any] | None = None
+    hub_format: str | None = None
+
+    @classmethod
+    def build(cls, spec: Any) -> SplitSource | None:
+        """From a config mapping (or ``None``)."""
+        if spec is None:
+            return None
+        if isinstance(spec, SplitSource):
+            return spec
+        spec = dict(spec)
+        if spec.get("hub") is not None:
+            spec["hub"] = dict(spec["hub"])
+        return cls(**spec)
+
+
+class Task:
+    """A configured evaluation task.
+
+    Args:
+        name: Short task name (``arc_e``).
+        answer_kind: How answers are judged.
+        eval_split: Source of the evaluation split.
+        kshot_split: Source of the K-shot pool (the task's train split); ``None`` or missing in the chosen
+            source means the K-shot pool is a seeded hold-out slice of the eval split (``kshot_holdout`` rows)
+            that is then excluded from evaluation.
+        prompt: Prompt template for log-likelihood scoring and SFT; fields ``{question}``, ``{context}``,
+            ``{options}``, ``{tests}``.
+        target: Response template (``{text}``, ``{label}``, ``{answer}``, ``{rationale}``); the scored
+            continuation for multiple choice and the SFT target.
+        eval_mode: ``loglikelihood`` (multiple choice only) or ``generate``.
+        gen_prompt: Prompt template for generation mode (defaults to ``prompt``).
+        option_format: How one option renders inside ``{options}``.
+        data_dir: Local data dir; ``None`` falls back to ``$KEXPERT_DATA_DIR``.
+        source: ``auto`` (local if a data dir is set, else hub), ``local`` or ``hub``.
+        num_choices: Keep only multiple-choice items with exactly this many options (OpenCompass drops
+            non-4-option ARC items); ``None`` keeps all.
+        kshot_holdout: Size of the hold-out K-shot pool when no train split is available.
+        holdout_seed: Seed of the hold-out draw (fixed, independent of ``data_seed``).
+        max_new_tokens: Generation budget.
+        stop: Stop strings that end a generation.
+        fewshot_split: Optional split whose first ``num_fewshot`` items are prepended as demonstrations.
+        num_fewshot: Number of demonstrations.
+        rationale_target: Response template with a rationale (reasoning perplexity); ``{rationale}``.
+        primary_metric: The metric name reported as the task's score.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        answer_kind: AnswerKind,
+        eval_split: Any,
+        prompt: str,
+        target: str,
+        kshot_split: Any = None,
+        eval_mode: EvalMode = "loglikelihood",
+        gen_prompt: str | None = None,
+        option_format: str = "{label}. {text}\n",
+        data_dir: str | None = None,
+        source: Literal["auto", "local", "hub"] = "auto",
+        num_choices: int | None = None,
+        kshot_holdout: int = 200,
+        holdout_seed: int = 1234,
+        max_new_tokens: int = 32,
+        stop: list[str] | None = None,
+        fewshot_split: Any = None,
+        num_fewshot: int = 0,
+        rationale_target: str = "{answer}\n\n{rationale}",
+        primary_metric: str | None = None,
+    ) -> None:
+        if answer_kind not in ("multiple_choice", "yes_no", "number", "code"):
+            raise ConfigError(f"task.answer_kind: expected multiple_choice|yes_no|number|code, got {answer_kind!r}")
+        if eval_mode not in ("loglikelihood", "generate"):
+            raise ConfigError(f"task.eval_mode: expected loglikelihood|generate, got {eval_mode!r}")
+        if eval_mode == "loglikelihood" and answer_kind not in ("multiple_choice", "yes_no"):
+            raise ConfigError(f"task.eval_mode=loglikelihood needs choices; task {name} is {answer_kind}")
+        if source not in ("auto", "local", "hub"):
+            raise ConfigError(f"task.source: expected auto|local|hub, got {source!r}")
+        self.name = name
+        self.answer_kind = answer_kind
+        self.eval_source = SplitSource.build(eval_split)
+        self.kshot_source = SplitSource.build(kshot_split)
+        self.fewshot_source = SplitSource.build(fewshot_split)
+        self.prompt_template = prompt
+        self.gen_prompt_template = gen_prompt or prompt
+        self.target_template = target
+        self.rationale_template = rationale_target
+        self.option_format = option_format
+        self.eval_mode: EvalMode = eval_mode
+        self.data_dir = data_dir
+        self.source = source
+        self.num_choices = num_choices
+        self.kshot_holdout = kshot_holdout
+        self.holdout_seed = holdout_seed
+        self.max_new_tokens = max_new_tokens
+        self.stop = list(stop or [])
+        self.num_fewshot = num_fewshot
+        self.primary_metric = primary_metric or {"code": "pass@1"}.get(answer_kind, "acc")
+        self._cache: dict[str, list[Example]] = {}
+
+    # ------------------------------------------------------------------ data
+    def resolved_source(self) -> Literal["local", "hub"]:
+        """``local`` or ``hub``, after resolving ``auto`` (local when a data dir is configured)."""
+        if self.source != "auto":
+            return self.source  # type: ignore[return-value]
+        return "local" if self._data_dir() is not None else "hub"
+
+    def _data_dir(self) -> Path | None:
+        d = self.data_dir or os.environ.get("KEXPERT_DATA_DIR")
+        return Path(d).expanduser() if d else None
+
+    def _load(self, src: SplitSource, what: str) -> list[Example]:
+        key = f"{what}:{self.resolved_source()}"
+        if key in self._cache:
+            return self._cache[key]
+        if self.resolved_source() == "local":
+            rows = self._load_local(src, what)
+        else:
+            rows = self._load_hub(src, what)
+        if self.num_choices is not None and self.answer_kind == "multiple_choice":
+            before = len(rows)
+            rows = [r for r in rows if r.choices is not None and len(r.choices) == self.num_choices]
+            if len(rows) < before:
+                log.info("%s/%s: kept %d of %d items with %d options", self.name, what, len(rows), before, self.num_choices)
+        self._cache[key] = rows
+        return rows
+
+    def _load_local(self, src: SplitSource, what: str) -> list[Example]:
+        data_dir = self._data_dir()
+        if data_dir is None:
+            raise DataError(
+                f"task {self.name}: no local data dir; set KEXPERT_DATA_DIR or paths.data_dir (or task.source=hub)"
+            )
+        if not data_dir.is_dir():
+            raise DataError(f"task {self.name}: data dir {data_dir} does not exist (KEXPERT_DATA_DIR / paths.data_dir)")
+        if src.local is None or src.local_format is None:
+            raise DataError(f"task {self.name}: split {what!r} has no local file configured")
+        path = data_dir / src.local
+        if not path.exists():
+            raise DataError(f"task {self.name}: {path} not found (expected the layout of shared/data, see its README)")
+        normalize = NORMALIZERS[src.local_format]
+        out = []
+        for lineno, row in enumerate(iter_jsonl(path), start=1):
+            try:
+                out.append(normalize(row, self.name, lineno - 1))
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                raise DataError(f"{path}:{lineno}: not a valid {src.local_format} row ({type(e).__name__}: {e})") from e
+        return out
+
+    def _load_hub(self, src: SplitSource, what: str) -> list[Example]:
+        if src.hub is None or src.hub_format is None:
+            raise DataError(f"task {self.name}: split {what!r} has no hub dataset configured")
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(**src.hub)
+        except Exception as e:  # network, auth, missing dataset: one clear line
+            raise DataError(
+                f"task {self.name}: could not load {src.hub} from the hub ({type(e).__name__}: {e}); "
+                "offline, point KEXPERT_DATA_DIR at a local data dir"
+            ) from e
+        normalize = NORMALIZERS[src.hub_format]
+        out = []
+        for i, row in enumerate(ds):
+            try:
+                out.append(normalize(dict(row), self.name, i))
+            except (KeyError, ValueError, TypeError) as e:
+                raise DataError(f"{src.hub} row {i}: not a valid {src.hub_format} row ({e})") from e
+        return out
+
+    def _has_kshot_split(self) -> bool:
+        src = self.kshot_source
+        if src is None:
+            return False
+        return (src.local is not None) if self.resolved_source() == "local" else (src.hub is not None)
+
+    def _holdout_ids(self) -> set[str]:
+        if self._has_kshot_split():
+            return set()
+        rows = self._load(self.eval_source, "eval")  # type: ignore[arg-type]
+        n = min(self.kshot_holdout, len(rows) // 2)
+        rng = random.Random(self.holdout_seed)
+        return {rows[i].id for i in rng.sample(range(len(rows)), n)}
+
+    @property
+    def kshot_pool_source(self) -> str:
+        """``train`` or ``holdout:<n>`` (the K-shot pool is a held-out slice of the eval split)."""
+        return "train" if self._has_kshot_split() else f"holdout:{len(self._holdout_ids())}"
+
+    def eval_examples(self, limit: int | None = None, seed: int = 0) -> list[Example]:
+        """The evaluation split (minus any hold-out K-shot pool), optionally a deterministic subset.
+
+        Args:
+            limit: Evaluate at most this many items, drawn by a seeded permutation and kept in file order.
+            seed: Seed of that draw.
+        """
+        if self.eval_source is None:
+            raise ConfigError(f"task {self.name}: eval_split is not configured")
+        held = self._holdout_ids()
+        rows = [r for r in self._load(self.eval_source, "eval") if r.id not in held]
+        if limit is not None and 0 < limit < len(rows):
+            keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+            rows = [rows[i] for i in keep]
+        return rows
+
+    def kshot_pool(self) -> list[Example]:
+        """The pool the K-shot is drawn from: the train split, or the hold-out slice of the eval split."""
+        if self._has_kshot_split():
+            return self._load(self.kshot_source, "kshot")  # type: ignore[arg-type]
+        held = self._holdout_ids()
+        return [r for r in self._load(self.eval_source, "eval") if r.id in held]  # type: ignore[arg-type]
+
+    def fewshot_examples(self) -> list[Example]:
+        """Fixed demonstrations for the prompt (first ``num_fewshot`` of ``fewshot_split``)."""
+        if self.num_fewshot <= 0 or self.fewshot_source is None:
+            return []
+        return self._load(self.fewshot_source, "fewshot")[: self.num_fewshot]
+
+    # --------------------------------------------------------------- prompts
+    def _fields(self, ex: Example) -> dict[str, str]:
+        options = ""
+        if ex.choices is not None and ex.choice_labels is not None:
+            options = "".join(
+                self.option_format.format(label=lbl, text=txt) for lbl, txt in zip(ex.choice_labels, ex.choices)
+            )
+        return {
+            "question": ex.question,
+            "context": ex.context or "",
+            "options": options,
+            "tests": "\n".join(ex.tests or ()),
+            "first_test": (ex.tests or ("",))[0],
+        }
+
+    def prompt(self, ex: Example, mode: EvalMode | None = None, fewshot: bool = True) -> str:
+        """The task prompt (before the model's prompt format).
+
+        Args:
+            ex: The example.
+            mode: Which template (``generate`` uses ``gen_prompt``); default the task's eval mode.
+            fewshot: Prepend the fixed demonstrations (evaluation); SFT items leave them out.
+        """
+        template = self.gen_prompt_template if (mode or self.eval_mode) == "generate" else self.prompt_template
+        demos = "".join(
+            template.format(**self._fields(d)) + self.target(d) + "\n\n"
+            for d in (self.fewshot_examples() if fewshot else [])
+            if d.id != ex.id
+        )
+        return demos + template.format(**self._fields(ex))
+
+    def _target_fields(self, ex: Example, text: str | None = None, label: str | None = None) -> dict[str, str]:
+        answer = ex.gold
+        if ex.choices is not None:
+            text = ex.gold_text if text is None else text
+            label = ex.gold if label is None else label
+            answer = f"{label}. {text}"
+        return {"text": text or "", "label": label or "", "answer": answer, "rationale": ex.rationale or "",
+                "code": ex.gold if self.answer_kind == "code" else ""}
+
+    def target(self, ex: Example) -> str:
+        """The gold response: the scored continuation and the SFT target."""
+        return self.target_template.format(**self._target_fields(ex))
+
+    def rationale_response(self, ex: Example, rationale: str | None = None) -> str:
+        """Gold answer expanded with a rationale (the paper's reasoning-perplexity target, answer first)."""
+        fields = self._target_fields(ex)
+        if rationale is not None:
+            fields["rationale"] = rationale
+        if not fields["rationale"]:
+            raise DataError(f"task {self.name}: example {ex.id} has no rationale")
+        return self.rationale_template.format(**fields)
+
+    def continuations(self, ex: Example) -> list[str]:
+        """One scored continuation per option (log-likelihood mode)."""
+        if ex.choices is None or ex.choice_labels is None:
+            raise ConfigError(f"task {self.name}: log-likelihood scoring needs choices")
+        return [
+            self.target_template.format(**self._target_fields(ex, text=t, label=lbl))
+            for lbl, t in zip(ex.choice_labels, ex.choices)
+        ]
+
+    def to_instruction(self, ex: Example, with_rationale: bool = False) -> Instruction:
+        """The example as an SFT item: instruction = task prompt, output = gold target."""
+        output = self.rationale_response(ex) if with_rationale else self.target(ex)
+        return Instruction(
+            instruction=self.prompt(ex, mode=self.eval_mode, fewshot=False),
+            output=output.strip(),
+            source=f"kshot:{self.name}",
+            meta={"id": ex.id},
+        )
+
+    # --------------------------------------------------------------- judging
+    def extract(self, generation: str, ex: Example) -> str | None:
+        """The answer named by a generation, in the gold's vocabulary (label / number / code)."""
+        for s in self.stop:
+            if s and s in generation:
+                generation = generation.split(s, 1)[0]
+        if self.answer_kind == "code":
+            return extractors.extract_code(generation)
+        if self.answer_kind == "number":
+            return extractors.gsm8k_number(generation)
+        if self.answer_kind == "yes_no":
+            yn = extractors.yes_no(generation)
+            return None if yn is None else ("A" if yn == "yes" else "B")
+        labels = ex.choice_labels or ()
+        letter = extractors.first_option_letter(generation, labels)
+        if letter is None and ex.choices is not None:
+            idx = extractors.match_option_text(generation, ex.choices)
+            letter = None if idx is None else labels[idx]
+        return letter
+
+    def is_correct(self, prediction: str | None, ex: Example) -> bool:
+        """Exact match against the gold (numeric equality for numbers). Code is judged by the sandbox."""
+        if prediction is None:
+            return False
+        if self.answer_kind == "number":
+            return extractors.numbers_equal(prediction, ex.gold)
+        if self.answer_kind == "code":
+            raise ConfigError("code answers are judged by running their tests (kexpert.eval.sandbox)")
+        return prediction == ex.gold
+
+    def info(self) -> dict[str, Any]:
+        """Provenance recorded in metrics.json."""
+        src = self.eval_source
+        where = src.local if self.resolved_source() == "local" else src.hub  # type: ignore[union-attr]
+        return {
+            "task": self.name,
+            "source": self.resolved_source(),
+            "eval_split": where,
+            "kshot_pool": self.kshot_pool_source,
+            "eval_mode": self.eval_mode,
+        }
