@@ -77,11 +77,11 @@ def arc_llm_adapters(row: dict[str, Any], task: str, index: int) -> Example:
 
 
 def piqa(row: dict[str, Any], task: str, index: int) -> Example:
-    """PIQA (official jsonl with merged ``label``, or ``ybisk/piqa``): ``goal``, ``sol1``, ``sol2``, ``label``."""
+    """PIQA (official jsonl with merged ``label``, or ``ybisk/piqa``): ``goal``, ``sol1``, ``sol2``, ``label``; id = row index."""
     label = int(row["label"])
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, got {label}")
-    rid = row.get("id") or _content_id(task, row["goal"] + "\x00" + row["sol1"] + "\x00" + row["sol2"])
+    rid = row.get("id") or f"{task}-{index}"  # PIQA has no ids and repeats some goals: the row index is stable
     return _mc(task, rid, row["goal"], [row["sol1"], row["sol2"]], ["A", "B"], "AB"[label])
 
 

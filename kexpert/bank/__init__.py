@@ -1,0 +1,1 @@
+"""LoRA bank: adapters on disk, manifests, import, build and bank cards."""

@@ -1,0 +1,394 @@
+"""Building a LoRA bank: one LoRA per open dataset, trained with Lightning (METHOD.md sections 2.3-2.4).
+
+A :class:`BankBuildSpec` (``conf/bank/<name>.yaml``) lists the datasets (pool files read through
+:mod:`kexpert.data.pools`, or a task's train split rendered through the task's own prompt and target: the
+paper's "Expert LoRA"), the LoRA shape and the training recipe. :meth:`BankBuildSpec.build` trains the
+entries that are missing from the bank's manifest, one after another on one loaded base model: each entry
+wraps it with a fresh peft LoRA (seeded by the entry name, so an entry trained alone equals the same entry
+trained inside a build), trains through :class:`~kexpert.training.lit_module.CausalLMLitModule` on
+:class:`~kexpert.training.datamodule.SFTDataModule` (the SFT path the MoE uses: prompt template, loss on
+response tokens only, length-grouped dynamic padding), is saved to a temp dir and renamed into place, and
+only then enters the manifest; the peft wrapper is unloaded before the next entry. An interrupted build
+therefore resumes with the missing entries. Before training, every item is checked against every task's
+eval split (:mod:`kexpert.bank.decontam`); an overlap left in a training set is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kexpert.bank.decontam import EvalIndex, find_overlaps
+from kexpert.bank.manifest import MANIFEST_NAME, Bank, BankEntry, read_manifest, write_manifest
+from kexpert.bank.testing import save_adapter
+from kexpert.bank.validate import entry_from_adapter, validate_entry
+from kexpert.data.records import Instruction
+from kexpert.utils.errors import ConfigError, DataError
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class LoRAShape:
+    """The LoRA every entry gets.
+
+    Attributes:
+        r: Rank.
+        alpha: lora_alpha.
+        dropout: lora_dropout.
+        target_modules: Adapted module names; ``None`` = the base model's ``lora_target_modules``.
+    """
+
+    r: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class TrainRecipe:
+    """How each entry is trained.
+
+    Attributes:
+        epochs: Passes over the entry's data.
+        batch_size: Micro-batch size.
+        accumulate_grad_batches: Gradient accumulation.
+        cutoff_len: Truncation length in tokens.
+        lr: Learning rate (overrides the optimizer config's).
+        group_by_length: Length-grouped batches (less padding).
+        max_steps: Cap on optimizer steps per entry (-1 = none).
+    """
+
+    epochs: int = 3
+    batch_size: int = 8
+    accumulate_grad_batches: int = 1
+    cutoff_len: int = 1024
+    lr: float = 5e-5
+    group_by_length: bool = True
+    max_steps: int = -1
+
+
+@dataclass
+class DatasetSpec:
+    """One bank entry's training data.
+
+    Attributes:
+        name: Entry name.
+        files: Pool files (relative to the data dir, or absolute), read by ``kexpert.data.pools``.
+        task: Instead of files: a task name whose train split (``Task.kshot_pool``) is rendered with
+            ``Task.to_instruction`` (the "Expert LoRA" of that task).
+        format: Pool format (``None`` = detected per file).
+        rows: Items sampled (seeded) from the loaded data; ``None`` = all.
+        with_rationale: Task entries only: train on rationale targets.
+    """
+
+    name: str
+    files: list[str] | None = None
+    task: str | None = None
+    format: str | None = None
+    rows: int | None = None
+    with_rationale: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.files) == bool(self.task):
+            raise ConfigError(f"bank dataset {self.name!r}: set exactly one of 'files' or 'task'")
+        self.files = list(self.files) if self.files else None
+
+
+def entry_seed(seed: int, name: str) -> int:
+    """The training seed of an entry: depends on its name only, not on its position in the bank."""
+    return int(seed) + zlib.crc32(name.encode()) % 100_000
+
+
+class _LossRecorder:
+    """Lightning callback collecting per-step training losses (built lazily so importing stays light)."""
+
+    def __new__(cls):  # noqa: D102
+        import lightning as L
+
+        class Recorder(L.Callback):
+            def __init__(self) -> None:
+                self.losses: list[float] = []
+                self.epoch_of: list[int] = []
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                self.losses.append(float(loss.detach()))
+                self.epoch_of.append(trainer.current_epoch)
+
+        return Recorder()
+
+
+@dataclass
+class BankBuildSpec:
+    """A bank that kexpert trains (``conf/bank/<name>.yaml``).
+
+    Attributes:
+        name: Bank name.
+        root: Where the built bank lives (default ``${paths.bank_dir}/<bank>/<base_model>``).
+        datasets: One :class:`DatasetSpec` per entry.
+        lora: The LoRA shape.
+        train: The training recipe.
+        seed: Base seed (each entry adds a hash of its name) for sampling and training.
+        data_dir: Where pool files live (``${paths.data_dir}``).
+        exclude_eval_overlap: Drop items that contain an eval question before sampling (otherwise any overlap
+            is an error).
+        decontam_ngram: Words per decontamination key.
+        decontam_min_words: Shorter eval questions only match a whole prompt.
+        allow_base_mismatch: Loading: warn instead of failing when an entry's base model differs.
+        all_rows: Ignore every dataset's ``rows`` and train on all its items (full-scale banks).
+    """
+
+    name: str
+    root: str
+    datasets: list[Any] = field(default_factory=list)
+    lora: Any = None
+    train: Any = None
+    seed: int = 0
+    data_dir: str | None = None
+    exclude_eval_overlap: bool = True
+    decontam_ngram: int = 13
+    decontam_min_words: int = 6
+    allow_base_mismatch: bool = False
+    all_rows: bool = False
+
+    def __post_init__(self) -> None:
+        self.root_path = Path(self.root).expanduser()
+        self.lora = self.lora if isinstance(self.lora, LoRAShape) else LoRAShape(**dict(self.lora or {}))
+        self.train = self.train if isinstance(self.train, TrainRecipe) else TrainRecipe(**dict(self.train or {}))
+        specs = [d if isinstance(d, DatasetSpec) else DatasetSpec(**dict(d)) for d in self.datasets]
+        names = [d.name for d in specs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"bank {self.name}: duplicate dataset name(s) {', '.join(dup)}")
+        if not specs:
+            raise ConfigError(f"bank {self.name}: 'datasets' is empty")
+        self.datasets = specs
+
+    # ------------------------------------------------------------ loading
+    def build_command(self, base_name: str | None = None) -> str:
+        """The command that builds (or completes) this bank."""
+        return f"python bank.py bank={self.name}" + (f" base_model={base_name}" if base_name else "")
+
+    def existing(self) -> Bank | None:
+        """The manifest written so far, or ``None``."""
+        if not (self.root_path / MANIFEST_NAME).exists():
+            return None
+        return read_manifest(self.root_path)
+
+    def missing(self) -> list[str]:
+        """Dataset names that have no complete adapter in the manifest yet."""
+        bank = self.existing()
+        done = set(bank.names()) if bank is not None else set()
+        return [d.name for d in self.datasets if d.name not in done]
+
+    def load(self, base_spec=None) -> Bank:
+        """The built bank, validated against ``base_spec`` when given.
+
+        Raises:
+            ConfigError: the bank (or some entry) is not built yet; the message gives the build command.
+        """
+        missing = self.missing()
+        if missing:
+            what = "is not built" if len(missing) == len(self.datasets) else f"lacks {len(missing)} entries"
+            raise ConfigError(
+                f"bank {self.name} {what} at {self.root_path} (missing: {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}); build it with: "
+                f"{self.build_command(getattr(base_spec, 'name', None))}"
+            )
+        bank = self.existing()
+        assert bank is not None
+        bank = bank.subset([d.name for d in self.datasets])
+        if base_spec is not None:
+            from kexpert.bank.spec import validate_bank
+
+            validate_bank(bank, base_spec, allow_base_mismatch=self.allow_base_mismatch)
+        return bank
+
+    # --------------------------------------------------------------- data
+    def _resolve(self, f: str) -> Path:
+        p = Path(f).expanduser()
+        if p.is_absolute():
+            return p
+        if not self.data_dir:
+            raise ConfigError(f"bank {self.name}: pool file {f} is relative but paths.data_dir / KEXPERT_DATA_DIR is unset")
+        return Path(self.data_dir).expanduser() / p
+
+    def load_items(self, ds: DatasetSpec, tasks: dict[str, Any], index: EvalIndex | None) -> tuple[list[Instruction], dict]:
+        """The (decontaminated, sampled) training items of one entry and their source description."""
+        from kexpert.data.pools import load_pool_file
+
+        if ds.task is not None:
+            if ds.task not in tasks:
+                raise ConfigError(f"bank dataset {ds.name!r}: task {ds.task!r} is not configured (have {sorted(tasks)})")
+            task = tasks[ds.task]
+            if not task._has_kshot_split():
+                raise DataError(f"bank dataset {ds.name!r}: task {ds.task} has no train split in its source")
+            items = [task.to_instruction(ex, with_rationale=ds.with_rationale) for ex in task.kshot_pool()]
+            source = {"dataset": f"task:{ds.task}:train", "template": {"prompt": task.prompt_template,
+                                                                      "target": task.target_template},
+                      "files": [str(task.kshot_source.local or task.kshot_source.hub)]}
+        else:
+            items = []
+            files = [self._resolve(f) for f in ds.files or []]
+            for f in files:
+                items += load_pool_file(f, fmt=ds.format)
+            source = {"dataset": ds.name, "template": ds.format or "pool (detected)", "files": [str(f) for f in files]}
+        total = len(items)
+        dropped = 0
+        if index is not None and self.exclude_eval_overlap:
+            bad = find_overlaps(items, index)
+            dropped = len(bad)
+            if bad:
+                log.info("bank entry %s: dropped %d items that contain eval questions (e.g. %s)", ds.name,
+                         len(bad), next(iter(bad.values()))[0])
+            items = [it for i, it in enumerate(items) if i not in bad]
+        rng = random.Random(entry_seed(self.seed, ds.name))
+        if ds.rows is not None and not self.all_rows and ds.rows < len(items):
+            keep = sorted(rng.sample(range(len(items)), ds.rows))
+            items = [items[i] for i in keep]
+        if index is not None:
+            bad = find_overlaps(items, index)
+            if bad:
+                i, owners = next(iter(bad.items()))
+                raise DataError(
+                    f"bank entry {ds.name!r}: {len(bad)} training items contain eval questions, e.g. item "
+                    f"{i} ({items[i].instruction[:80]!r}) contains {owners[0]}; set bank.exclude_eval_overlap=true"
+                )
+        if not items:
+            raise DataError(f"bank entry {ds.name!r}: no training items (files {source['files']})")
+        source.update(rows=len(items), rows_available=total, eval_overlap_dropped=dropped)
+        return items, source
+
+    # -------------------------------------------------------------- build
+    def build(self, base_spec, tasks: dict[str, Any], optimizer, scheduler, trainer_cfg, model=None,
+              tokenizer=None, only: list[str] | None = None) -> Bank:
+        """Train every missing entry and return the (complete) bank.
+
+        Args:
+            base_spec: The base model spec.
+            tasks: ``{task name: Task}``: their eval splits decontaminate every entry; task entries train on them.
+            optimizer: Partial optimizer (``params`` missing); ``train.lr`` overrides its lr.
+            scheduler: Partial scheduler or ``None``.
+            trainer_cfg: The ``trainer`` config node (a Lightning Trainer ``_target_``).
+            model: An already loaded base model (default: ``base_spec.load()``).
+            tokenizer: Its tokenizer.
+            only: Build only these entries.
+        """
+        todo = [d for d in self.datasets if d.name in set(self.missing()) and (only is None or d.name in only)]
+        bank = self.existing() or Bank(name=self.name, root=self.root_path, entries=[], meta={})
+        bank.meta.update(base_model=base_spec.identity, lora=vars(self.lora), train=vars(self.train), seed=self.seed)
+        if not todo:
+            log.info("bank %s at %s: all %d entries present, nothing to build", self.name, self.root_path, len(bank))
+            return bank
+        index = EvalIndex(self.decontam_ngram, self.decontam_min_words)
+        for task in tasks.values():
+            index.add_examples(task.eval_examples())
+        log.info("decontamination index: %d eval questions from %s", index.size, ", ".join(sorted(tasks)))
+        prepared = []
+        for ds in todo:  # all data first: a data error fails before hours of training
+            prepared.append((ds, *self.load_items(ds, tasks, index)))
+        if model is None:
+            model, tokenizer = base_spec.load()
+        t_build = time.perf_counter()
+        for i, (ds, items, source) in enumerate(prepared, start=1):
+            log.info("bank %s: entry %d/%d %s (%d items)", self.name, i, len(prepared), ds.name, len(items))
+            path, stats = train_entry(model, tokenizer, base_spec, ds.name, items, self.lora, self.train,
+                                      optimizer, scheduler, trainer_cfg, self.root_path / "adapters" / ds.name,
+                                      seed=entry_seed(self.seed, ds.name))
+            meta = {k: v for k, v in stats.items() if k != "train_loss"}
+            if ds.task is not None:
+                meta["expert_lora_for"] = ds.task
+            entry = entry_from_adapter(ds.name, path, base_model=base_spec.identity, source=source,
+                                       train_loss=stats["train_loss"], meta=meta)
+            bank.entries = [e for e in bank.entries if e.name != ds.name] + [entry]
+            bank.meta["build_wall_s"] = round(float(bank.meta.get("build_wall_s", 0.0)) + stats["wall_s"], 1)
+            write_manifest(bank)
+            log.info("bank %s: entry %d/%d %s done: loss %.3f -> %.3f, %d tokens, %.0f tok/s, %.0f s", self.name, i,
+                     len(prepared), ds.name, stats["first_loss"], stats["train_loss"], stats["train_tokens"],
+                     stats["tokens_per_s"], stats["wall_s"])
+        log.info("bank %s: built %d entries in %.0f s -> %s", self.name, len(prepared), time.perf_counter() - t_build,
+                 self.root_path / MANIFEST_NAME)
+        order = [d.name for d in self.datasets if d.name in bank]
+        bank.entries = [bank[n] for n in order] + [e for e in bank.entries if e.name not in order]
+        write_manifest(bank)
+        return bank
+
+
+def train_entry(
+    model,
+    tokenizer,
+    base_spec,
+    name: str,
+    items: list[Instruction],
+    lora: LoRAShape,
+    recipe: TrainRecipe,
+    optimizer,
+    scheduler,
+    trainer_cfg,
+    out_dir: Path,
+    seed: int = 0,
+) -> tuple[Path, dict[str, Any]]:
+    """Train one LoRA on ``items`` and save it atomically into ``out_dir``; ``model`` is left unwrapped.
+
+    Returns:
+        ``(adapter dir, stats)`` with ``train_loss`` (mean over the last epoch), ``first_loss``, ``steps``,
+        ``train_tokens``, ``tokens_per_s`` and ``wall_s``.
+    """
+    import lightning as L
+    from peft import LoraConfig, get_peft_model
+
+    from kexpert.training.datamodule import SFTDataModule
+    from kexpert.training.lit_module import CausalLMLitModule
+    from kexpert.utils.instantiate import instantiate
+
+    t0 = time.perf_counter()
+    L.seed_everything(seed, workers=True, verbose=False)
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules or base_spec.lora_target_modules), task_type="CAUSAL_LM")
+    pm = get_peft_model(model, cfg)
+    try:
+        dm = SFTDataModule(items, tokenizer, base_spec.prompt_format, batch_size=recipe.batch_size,
+                           cutoff_len=recipe.cutoff_len, seed=seed, group_by_length=recipe.group_by_length)
+        opt = functools.partial(optimizer, lr=recipe.lr)
+        lit = CausalLMLitModule(pm, optimizer=opt, scheduler=scheduler)
+        recorder = _LossRecorder()
+        work = out_dir.parent / f".{out_dir.name}.trainer"
+        trainer = instantiate(trainer_cfg, key="trainer", max_epochs=recipe.epochs, max_steps=recipe.max_steps,
+                              accumulate_grad_batches=recipe.accumulate_grad_batches, logger=False,
+                              enable_checkpointing=False, callbacks=[recorder], default_root_dir=str(work))
+        pm.train()  # from_pretrained leaves eval mode; LoRA dropout must be active from the first step
+        trainer.fit(lit, datamodule=dm)
+        shutil.rmtree(work, ignore_errors=True)
+        if not recorder.losses or not all(map(lambda x: x == x, recorder.losses)):
+            raise DataError(f"bank entry {name!r}: training produced no finite loss")
+        last_epoch = recorder.epoch_of[-1]
+        last = [v for v, e in zip(recorder.losses, recorder.epoch_of) if e == last_epoch]
+        pm.eval()
+        path = save_adapter(pm, out_dir, base_spec.identity)
+    finally:
+        model = pm.unload()
+        model.eval()
+    wall = time.perf_counter() - t0
+    tokens = dm.stats["tokens"] * recipe.epochs
+    stats = {
+        "train_loss": round(sum(last) / len(last), 4),
+        "first_loss": round(recorder.losses[0], 4),
+        "steps": len(recorder.losses),
+        "train_items": len(dm.train_ds),
+        "train_tokens": tokens,
+        "response_tokens": dm.stats["response_tokens"] * recipe.epochs,
+        "tokens_per_s": round(tokens / wall, 1),
+        "wall_s": round(wall, 1),
+        "seed": seed,
+    }
+    return path, stats

@@ -1,0 +1,1 @@
+"""Evaluation: generation, scoring, metrics and the code-execution sandbox."""

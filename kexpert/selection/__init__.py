@@ -1,0 +1,1 @@
+"""Selection: K-shot expert selection (Algorithm 1) and Sim-Div data selection (Algorithm 2)."""

@@ -1,0 +1,82 @@
+"""``CausalLMLitModule``: the Lightning module that trains whatever parameters of a causal LM are trainable.
+
+Bank LoRAs (a peft model) and the LoRA-MoE (kexpert layers) both train through it: the loss is the LM
+cross-entropy on response tokens (labels = -100 elsewhere), optimizers see only ``requires_grad``
+parameters, and the schedule is built from the trainer's real number of optimizer steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class CausalLMLitModule(L.LightningModule):
+    """Train a causal LM's trainable parameters.
+
+    Args:
+        model: The (adapter-wrapped) causal LM.
+        optimizer: Partial optimizer (``params`` missing), from ``conf/optim``.
+        scheduler: Partial scheduler taking ``(optimizer, num_training_steps)``, or ``None``.
+        aux_loss_fn: Optional callable returning extra loss terms ``{name: tensor}`` after each forward
+            (the MoE adds router losses through it).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        aux_loss_fn: Callable[[], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.aux_loss_fn = aux_loss_fn
+
+    def on_train_start(self) -> None:  # noqa: D102
+        self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be active
+
+    def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward + loss (LM loss plus any auxiliary terms)."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        terms = {"lm_loss": out.loss}
+        loss = out.loss
+        if self.aux_loss_fn is not None:
+            for name, value in self.aux_loss_fn().items():
+                terms[name] = value
+                loss = loss + value
+        return loss, terms
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        loss, terms = self.model_step(batch)
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in terms.items():
+            if name != "lm_loss":
+                self.log(f"train/{name}", value, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        loss, _ = self.model_step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        return loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimizer updates."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):  # noqa: D102
+        params = self.trainable_parameters()
+        if not params:
+            raise RuntimeError("no trainable parameters: nothing to optimize")
+        opt = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return opt
+        steps = int(self.trainer.estimated_stepping_batches)
+        sched = self.scheduler_factory(optimizer=opt, num_training_steps=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

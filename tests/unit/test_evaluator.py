@@ -1,0 +1,73 @@
+import pytest
+from hydra.utils import instantiate
+
+from kexpert.data.prompts import PromptFormat
+from kexpert.eval import evaluator as ev_mod
+from kexpert.eval.evaluator import evaluate
+from kexpert.eval.metrics import wilson_interval
+from kexpert.utils.errors import ConfigError
+
+
+def task(compose_cfg, name):
+    return instantiate(compose_cfg("eval", [f"task={name}"]).task)
+
+
+def test_loglikelihood_mode_metrics(compose_cfg, tiny_model, tiny_tokenizer):
+    t = task(compose_cfg, "arc_e")
+    res = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=6, progress=False)
+    m = res.metrics
+    assert m["n"] == 6 and m["mode"] == "loglikelihood"
+    assert 0 <= m["acc"] <= 1 and 0 <= m["acc_norm"] <= 1
+    lo, hi = m["acc_ci95"]
+    assert lo <= m["acc"] <= hi
+    assert len(res.predictions) == 6
+    assert all(len(p["loglik"]) == 4 for p in res.predictions)
+    assert sum(p["correct"] for p in res.predictions) == round(m["acc"] * 6)
+
+
+def test_chat_template_changes_the_prompt(compose_cfg, tiny_model, tiny_tokenizer):
+    t = task(compose_cfg, "boolq")
+    pf = PromptFormat(chat_template=True)
+    rendered = pf.render(t.prompt(t.eval_examples()[0]), tiny_tokenizer)
+    assert rendered.startswith("<|im_start|>user\n") and rendered.endswith("<|im_start|>assistant\n")
+    res = evaluate(t, tiny_model, tiny_tokenizer, pf, limit=4, progress=False)
+    assert res.metrics["n"] == 4
+
+
+def test_generate_mode_with_known_generations(compose_cfg, tiny_model, tiny_tokenizer, monkeypatch):
+    t = task(compose_cfg, "gsm8k")
+    exs = t.eval_examples()[:4]
+    fake = [f"He adds them.\nThe answer is {e.gold}." for e in exs[:3]] + ["I do not know"]
+    monkeypatch.setattr(ev_mod, "generate_greedy", lambda *a, **k: fake)
+    res = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), examples=exs, progress=False)
+    assert res.metrics["acc"] == pytest.approx(0.75)
+    assert res.metrics["parsed_fraction"] == pytest.approx(0.75)
+
+
+def test_mbpp_pass_at_1_runs_code_in_sandbox(compose_cfg, tiny_model, tiny_tokenizer, monkeypatch):
+    t = task(compose_cfg, "mbpp")
+    exs = t.eval_examples()[:2]
+    fake = [f"[BEGIN]\n{exs[0].gold}\n[DONE]", "[BEGIN]\ndef wrong(x):\n    return None\n[DONE]"]
+    monkeypatch.setattr(ev_mod, "generate_greedy", lambda *a, **k: fake)
+    res = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), examples=exs, progress=False, sandbox_timeout_s=5)
+    assert res.metrics["pass@1"] == pytest.approx(0.5)
+    assert [p["correct"] for p in res.predictions] == [True, False]
+
+
+def test_generate_mode_on_real_tiny_model_runs(compose_cfg, tiny_model, tiny_tokenizer):
+    t = task(compose_cfg, "arc_c")
+    res = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=3, mode="generate", progress=False)
+    assert res.metrics["mode"] == "generate" and res.metrics["n"] == 3
+
+
+def test_bad_mode(compose_cfg, tiny_model, tiny_tokenizer):
+    with pytest.raises(ConfigError):
+        evaluate(task(compose_cfg, "gsm8k"), tiny_model, tiny_tokenizer, PromptFormat(), limit=2, mode="loglikelihood")
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and 0.2 < hi < 0.35
