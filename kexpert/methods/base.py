@@ -1,0 +1,109 @@
+"""The method interface: what a method needs from the pipeline and what it hands back.
+
+A method declares which upstream stages it needs (selected experts, selected data), trains whatever it
+trains into a directory the pipeline caches (``build``), and loads the result for evaluation (``load``).
+The pipeline evaluates every method with the same evaluator.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kexpert.data.records import Example, Instruction
+from kexpert.utils.errors import ConfigError
+
+DataChoice = Literal["none", "kshot", "kshot+selected"]
+
+
+@dataclass
+class MethodContext:
+    """What the pipeline provides to a method (lazily computed upstream artifacts).
+
+    Attributes:
+        cfg: The whole run config.
+        task: The task.
+        base_spec: The base model spec.
+        kshot: K-shot examples.
+        kshot_items: The K-shot as SFT items.
+        seed: Training seed.
+        get_bank: Returns the bank (validated against the base model).
+        get_experts: Returns ``(chosen names, experts.json document)`` from the expert-selection stage.
+        get_selected: Returns the selected open data (without the K-shot).
+        get_oracle: Returns the oracle ranking (best bank LoRA on the eval split first).
+        logger: Lightning loggers for training.
+    """
+
+    cfg: Any
+    task: Any
+    base_spec: Any
+    kshot: list[Example]
+    kshot_items: list[Instruction]
+    seed: int
+    get_bank: Any
+    get_experts: Any
+    get_selected: Any
+    get_oracle: Any
+    logger: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def train_items(self, data: DataChoice) -> list[Instruction]:
+        """D_K, or D_K followed by D_A, as the paper trains on (METHOD.md §6)."""
+        if data == "none":
+            return []
+        if data == "kshot":
+            return list(self.kshot_items)
+        if data == "kshot+selected":
+            return list(self.kshot_items) + list(self.get_selected())
+        raise ConfigError(f"method.data: expected none|kshot|kshot+selected, got {data!r}")
+
+
+class Method:
+    """Base class: subclasses set the class attributes and implement :meth:`build` and :meth:`load`.
+
+    Args:
+        name: Method name (reported in tables).
+        data: Training data: ``none``, ``kshot`` (D_K) or ``kshot+selected`` (D_K + D_A).
+        label: Display label (e.g. ``Random†``).
+    """
+
+    needs_experts: bool = False
+    oracle: bool = False
+
+    def __init__(self, name: str, data: DataChoice = "none", label: str | None = None) -> None:
+        if data not in ("none", "kshot", "kshot+selected"):
+            raise ConfigError(f"method.data: expected none|kshot|kshot+selected, got {data!r}")
+        self.name = name
+        self.data = data
+        self.label = label or name
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the data-selection stage must run."""
+        return self.data == "kshot+selected"
+
+    @property
+    def trains(self) -> bool:
+        """Whether :meth:`build` trains anything."""
+        return self.data != "none"
+
+    def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:
+        """Train / assemble the model into ``out_dir``; return facts for metrics.json."""
+        raise NotImplementedError
+
+    def load(self, ctx: MethodContext, out_dir: Path):
+        """``(model, tokenizer)`` from what :meth:`build` wrote."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this method's artifact (part of its cache key)."""
+        return {"name": self.name, "data": self.data, "cls": type(self).__name__}
+
+
+def pick_random(names: list[str], seed: int, k: int = 1) -> list[str]:
+    """``k`` distinct names drawn with ``seed`` (sorted first, so the draw does not depend on bank order)."""
+    if k > len(names):
+        raise ConfigError(f"cannot draw {k} of {len(names)} bank entries")
+    return random.Random(seed).sample(sorted(names), k)

@@ -1,0 +1,101 @@
+"""Content-addressed stage artifacts.
+
+Each pipeline stage writes its artifact into ``<cache_dir>/stages/<stage>/<key>/`` where ``key`` is a hash
+of exactly the inputs that determine it (a resolved config subtree plus upstream artifact keys). The
+directory is built under a temporary name and renamed into place only when the stage function returns, so
+a crashed stage leaves nothing a later run would trust. A sweep over, say, ``moe.top_k`` hashes to the same
+selection keys and reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kexpert.utils.io import read_json, sha1_of, write_json
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
+MANIFEST = "stage.json"
+
+
+@dataclass(frozen=True)
+class StageArtifact:
+    """A finished stage artifact.
+
+    Attributes:
+        stage: Stage name.
+        key: Content hash of the stage inputs.
+        path: The artifact directory.
+        reused: Whether it came from the cache.
+        wall_s: Seconds the stage took when it was computed.
+    """
+
+    stage: str
+    key: str
+    path: Path
+    reused: bool
+    wall_s: float
+
+
+class StageCache:
+    """Computes or reuses stage artifacts under ``root``."""
+
+    def __init__(self, root: str | os.PathLike, enabled: bool = True) -> None:
+        self.root = Path(root)
+        self.enabled = enabled
+
+    @staticmethod
+    def key_of(inputs: Any) -> str:
+        """The cache key of a JSON-serialisable description of the inputs."""
+        return sha1_of(inputs, length=20)
+
+    def path(self, stage: str, key: str) -> Path:
+        """Where an artifact lives."""
+        return self.root / "stages" / stage / key
+
+    def lookup(self, stage: str, inputs: Any) -> StageArtifact | None:
+        """A complete cached artifact for these inputs, or ``None``."""
+        key = self.key_of(inputs)
+        p = self.path(stage, key)
+        if self.enabled and (p / MANIFEST).exists():
+            meta = read_json(p / MANIFEST)
+            return StageArtifact(stage, key, p, True, float(meta.get("wall_s", 0.0)))
+        return None
+
+    def run(self, stage: str, inputs: Any, fn: Callable[[Path], Any]) -> StageArtifact:
+        """Reuse the artifact of ``inputs`` or build it with ``fn(tmp_dir)`` and publish it atomically.
+
+        Args:
+            stage: Stage name (a directory level).
+            inputs: Everything that determines the artifact.
+            fn: Writes the artifact's files into the directory it is given.
+        """
+        hit = self.lookup(stage, inputs)
+        if hit is not None:
+            log.info("stage %s: reusing %s", stage, hit.path)
+            return hit
+        key = self.key_of(inputs)
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        start = time.perf_counter()
+        try:
+            fn(tmp)
+            wall = time.perf_counter() - start
+            write_json(tmp / MANIFEST, {"stage": stage, "key": key, "inputs": inputs, "wall_s": round(wall, 3),
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if final.exists():  # a concurrent job finished first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return StageArtifact(stage, key, final, False, wall)
