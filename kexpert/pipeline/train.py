@@ -167,6 +167,8 @@ class Pipeline:
         """Stage ``data``: the selected open data D_A (without the K-shot)."""
         from kexpert.pipeline import select_data
 
+        if str(self.cfg.data_selection.get("_target_", "")).endswith("NoDataSelection"):
+            return []  # K-shot only
         inputs = {**self._kshot_inputs(), "pool": _node(self.cfg, "pool"), "encoder": _node(self.cfg, "encoder"),
                   "data_selection": _node(self.cfg, "data_selection"), "embedding": _node(self.cfg, "embedding"),
                   "decontamination": _node(self.cfg, "decontamination"), "index": _node(self.cfg, "index")}
@@ -237,13 +239,52 @@ def _link(target: Path, link: Path) -> None:
         link.with_suffix(".path").write_text(str(target))
 
 
+def validate_config(cfg: DictConfig) -> None:
+    """Reject invalid grid points before any work (top-k vs N, N vs the selector, M vs N, K).
+
+    Raises:
+        ConfigError: naming the keys and what is expected.
+    """
+    if int(cfg.k_shot) < 1:
+        raise ConfigError(f"k_shot must be >= 1, got {cfg.k_shot}")
+    moe = cfg.get("moe")
+    if moe is not None:
+        n, k = int(moe.num_experts), int(moe.top_k)
+        if not 1 <= k <= n:
+            raise ConfigError(f"moe.top_k={k} must be between 1 and moe.num_experts={n}")
+    sel = cfg.get("expert_selection")
+    if sel is not None and moe is not None and sel.get("num_experts") is not None:
+        if int(sel.num_experts) != int(moe.num_experts):
+            raise ConfigError(f"expert_selection.num_experts={sel.num_experts} differs from moe.num_experts="
+                              f"{moe.num_experts}: the MoE needs one expert per selected LoRA")
+        m = sel.get("num_candidates")
+        if m is not None and int(m) < int(sel.num_experts):
+            raise ConfigError(f"expert_selection.num_candidates (M={m}) must be >= num_experts (N={sel.num_experts})")
+
+
 def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the configured stages.
+    """Run the configured stages; with ``skip_invalid=true`` an invalid grid point is recorded, not raised.
 
     Returns:
         ``(metrics, objects)``: metrics.json's content and the pipeline / model objects (for tests).
     """
+    try:
+        return _run(cfg)
+    except ConfigError as e:
+        if not cfg.get("skip_invalid", False):
+            raise
+        log.warning("skipping this grid point: %s", e)
+        metrics = {"skipped": str(e), "method": cfg.method.get("name"), "task": cfg.task.get("name"),
+                   "k_shot": int(cfg.k_shot), "data_seed": int(cfg.data_seed), "seed": int(cfg.seed),
+                   "sweep_name": cfg.get("sweep_name")}
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        print(f"skipped: {e}")
+        return metrics, {}
+
+
+def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     t_run = time.perf_counter()
+    validate_config(cfg)
     stages = resolve_stages(cfg.get("stages", "all"))
     pipe = Pipeline(cfg)
     loggers = build_loggers(cfg.get("logger"))
@@ -262,7 +303,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if node is not None:
             metrics[name] = choices.get(name) or node.get("name") or node.get("_target_", "").rsplit(".", 1)[-1]
     if cfg.get("data_selection") is not None and cfg.data_selection.get("budget") is not None:
-        metrics["budget"] = int(cfg.data_selection.budget)
+        none = str(cfg.data_selection.get("_target_", "")).endswith("NoDataSelection")
+        metrics["budget"] = 0 if none else int(cfg.data_selection.budget)
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
@@ -292,18 +334,30 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             model, tok = timed("load_model", lambda: method.load(ctx, art.path))
             metrics["params"] = _count_params(model)
             ev = cfg.eval
-            eval_inputs = {"train": art.key, "task": _node(cfg, "task"), "eval": _clean(to_container(ev))}
+            eval_inputs = {"train": art.key, "task": _node(cfg, "task"), "eval": _clean(to_container(ev)),
+                           "per_expert": bool(ev.get("per_expert", False))}
+
+            per_expert = bool(ev.get("per_expert", False)) and type(method).__name__ == "MoEMethod"
 
             def do_eval(d: Path) -> None:
-                res = evaluate(pipe.task, model, tok, pipe.base_spec.prompt_format, limit=ev.limit, seed=ev.seed,
-                               mode=ev.mode, batch_size=ev.batch_size, max_length=ev.max_length,
-                               sandbox_timeout_s=ev.sandbox_timeout_s, progress=ev.progress)
+                kwargs = dict(mode=ev.mode, batch_size=ev.batch_size, max_length=ev.max_length,
+                              sandbox_timeout_s=ev.sandbox_timeout_s, progress=ev.progress)
+                examples = pipe.task.eval_examples(limit=ev.limit, seed=ev.seed)
+                res = evaluate(pipe.task, model, tok, pipe.base_spec.prompt_format, examples=examples, **kwargs)
                 write_jsonl(d / "predictions.jsonl", res.predictions)
                 write_json(d / "eval.json", res.metrics)
+                if per_expert:
+                    from kexpert.eval.per_expert import evaluate_experts_alone
+
+                    names = metrics.get("experts") or [f"expert_{i}" for i in range(int(cfg.moe.num_experts))]
+                    write_json(d / "per_expert.json", evaluate_experts_alone(
+                        pipe.task, model, tok, pipe.base_spec.prompt_format, examples, list(names), **kwargs))
 
             eart = timed("eval", lambda: pipe.cache.run("eval", eval_inputs, do_eval))
             pipe.artifacts["eval"] = eart
             metrics["eval"] = read_json(eart.path / "eval.json")
+            if (eart.path / "per_expert.json").exists():
+                metrics["per_expert"] = read_json(eart.path / "per_expert.json")
             metrics["score"] = metrics["eval"][metrics["eval"]["primary_metric"]]
     if "report" in stages:
         t0 = time.perf_counter()

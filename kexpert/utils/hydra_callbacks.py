@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,44 @@ class MultirunSummary(Callback):
         if sweep_dir.exists():
             (sweep_dir / "summary.md").write_text(table + "\n")
         print(f"\nResults ({sweep_dir}):\n{table}\n")
+
+
+class ValidateSweep(Callback):
+    """Compose every job of a multirun before launching any, and reject invalid grid points up front.
+
+    Each job's config goes through :func:`kexpert.pipeline.train.validate_config`; one failure stops the sweep
+    with a message naming the job's overrides (unless ``skip_invalid=true``, then invalid points are only listed).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        from hydra import compose
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        from kexpert.pipeline.train import validate_config
+        from kexpert.utils.errors import ConfigError
+
+        if config.hydra.job.config_name != "train":
+            return
+        task_overrides = list(config.hydra.overrides.task)
+        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False) or {}
+        given = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides}
+        extra = [f"{k}={v}" for k, v in params.items() if k not in given]
+        parser = OverridesParser.create()
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(task_overrides + extra), None)[0]
+        bad = []
+        for job in jobs:
+            try:
+                validate_config(compose(config_name="train", overrides=list(job)))
+            except ConfigError as e:
+                bad.append(f"{' '.join(job)}: {e}")
+        if bad:
+            listing = "\n  ".join(bad)
+            skip = any(o.startswith("skip_invalid=true") for o in task_overrides) or bool(config.get("skip_invalid"))
+            if not skip:
+                # Hydra turns exceptions raised in callbacks into warnings: exit to really stop the sweep.
+                print(f"error: {len(bad)} of {len(jobs)} grid points are invalid (nothing was run):\n  {listing}",
+                      file=sys.stderr)
+                raise SystemExit(2)
+            print(f"skip_invalid: {len(bad)} of {len(jobs)} grid points will be skipped:\n  {listing}")
