@@ -7,8 +7,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 DATA_DIR ?= $(if $(KEXPERT_DATA_DIR),$(KEXPERT_DATA_DIR),$(abspath ../shared/data))
 DEMO_LIMIT ?= 40
+DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+DEMO_DIR ?= outputs/multiruns/demo/$(DEMO_STAMP)
 
-.PHONY: help venv demo test test-slow test-all lint format clean clean-outputs
+# test-slow/test-all: see below
+.PHONY: help venv demo demo-eval test test-slow test-all lint format clean clean-outputs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -16,9 +19,15 @@ help: ## list targets
 venv: ## create/refresh .venv (torch kept if it fits, else torch==2.13.0 CPU or the CUDA build on a GPU machine)
 	@bash scripts/bootstrap_venv.sh
 
-demo: venv ## evaluate the default base model (SmolLM2-135M) on a small slice of every task and print a table
+demo: venv ## the whole pipeline on the embedded default (SmolLM2-135M, CPU, ~30 min): base vs merge vs ROCKET on ARC-E
+	KEXPERT_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) train.py -m experiment=demo \
+	  method=base,uniform_merge,rocket hydra.sweep.dir=$(DEMO_DIR)
+	$(PY) -m kexpert.report $(DEMO_DIR)
+	@echo "demo: tables and plots are in $(DEMO_DIR)/report (index: $(DEMO_DIR)/report/report.md)"
+
+demo-eval: venv ## evaluate the default base model on a small slice of every task and print a table
 	KEXPERT_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) eval.py -m \
-	  task=arc_c,arc_e,piqa,boolq,gsm8k,mbpp eval.limit=$(DEMO_LIMIT) eval.progress=false sweep_name=demo
+	  task=arc_c,arc_e,piqa,boolq,gsm8k,mbpp eval.limit=$(DEMO_LIMIT) eval.progress=false sweep_name=demo_eval
 
 test: venv ## the test suite (offline, CPU, no slow tests)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)

@@ -61,7 +61,8 @@ class ValidateSweep(Callback):
         if config.hydra.job.config_name != "train":
             return
         task_overrides = list(config.hydra.overrides.task)
-        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False) or {}
+        node = config.hydra.sweeper.get("params")
+        params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
         given = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides}
         extra = [f"{k}={v}" for k, v in params.items() if k not in given]
         parser = OverridesParser.create()

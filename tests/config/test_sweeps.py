@@ -1,0 +1,67 @@
+"""Every sweep file composes, every grid point is valid, and launchers compose with train.py."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from kexpert.pipeline.train import validate_config
+from kexpert.utils.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+
+
+def grid(params: dict, cap: int = 1) -> list[list[str]]:
+    """Cartesian product of the sweep params, keeping at most `cap` values of the larger axes (speed)."""
+    combos: list[list[str]] = [[]]
+    for key, values in params.items():
+        vals = str(values).split(",")
+        if len(vals) > cap and key in ("task", "data_seed", "seed"):
+            vals = vals[:cap]
+        combos = [c + [f"{key}={v}"] for c in combos for v in vals]
+    return combos
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_file_header_and_grid(name):
+    text = (CONF / "sweep" / f"{name}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_"
+    assert text[1].startswith("# python train.py") and f"sweep={name}" in text[1]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"sweep={name}", "task=arc_e"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.sweep_name == name
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+        for point in grid(params):
+            job = compose(config_name="train", overrides=[f"sweep={name}", "task=arc_e", *point])
+            validate_config(job)
+
+
+def test_invalid_point_is_rejected():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["moe.top_k=5"])
+    with pytest.raises(ConfigError, match="moe.top_k=5 must be between 1 and moe.num_experts=4"):
+        validate_config(cfg)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["expert_selection.num_candidates=2"])
+    with pytest.raises(ConfigError, match="num_candidates"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm"])
+def test_launchers_compose_with_train(launcher):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"launcher={launcher}", "sweep=ablate_top_k"],
+                      return_hydra_config=True)
+    assert "Launcher" in cfg.hydra.launcher._target_
+
+
+def test_method_options_instantiate():
+    from hydra.utils import instantiate
+
+    for f in sorted((CONF / "method").glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"method={f.stem}"])
+        m = instantiate(cfg.method)
+        assert m.name == f.stem and m.label
