@@ -1,1 +1,15 @@
-"""LoRA bank: adapters on disk, manifests, import, build and bank cards."""
+"""LoRA bank: adapters on disk, manifests, import, build and bank cards (METHOD.md section 2).
+
+* :mod:`kexpert.bank.adapter`: strict reading of one PEFT LoRA adapter dir.
+* :mod:`kexpert.bank.manifest`: :class:`Bank` / :class:`BankEntry` and the ``manifest.json`` schema.
+* :mod:`kexpert.bank.validate`: describing an adapter as an entry and validating it against a base model.
+* :mod:`kexpert.bank.spec`: ``conf/bank`` options for existing adapters (manifest, adapter dir, hub ids).
+* :mod:`kexpert.bank.build`: ``conf/bank`` options for banks kexpert trains (``python bank.py``).
+* :mod:`kexpert.bank.decontam`: eval-set decontamination of bank training data.
+* :mod:`kexpert.bank.card`: ``python -m kexpert.bank.card``: every entry on every task, table + heatmap.
+* :mod:`kexpert.bank.testing`: random PEFT banks for tests.
+"""
+
+from kexpert.bank.manifest import Bank, BankEntry, read_manifest, write_manifest
+
+__all__ = ["Bank", "BankEntry", "read_manifest", "write_manifest"]

@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kexpert.bank.decontam import EvalIndex, find_overlaps
 from kexpert.bank.manifest import MANIFEST_NAME, Bank, BankEntry, read_manifest, write_manifest
 from kexpert.bank.testing import save_adapter
-from kexpert.bank.validate import entry_from_adapter, validate_entry
+from kexpert.bank.validate import entry_from_adapter
 from kexpert.data.records import Instruction
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.logging import get_logger
@@ -220,23 +218,31 @@ class BankBuildSpec:
         if p.is_absolute():
             return p
         if not self.data_dir:
-            raise ConfigError(f"bank {self.name}: pool file {f} is relative but paths.data_dir / KEXPERT_DATA_DIR is unset")
+            raise ConfigError(
+                f"bank {self.name}: pool file {f} is relative but paths.data_dir / KEXPERT_DATA_DIR is unset"
+            )
         return Path(self.data_dir).expanduser() / p
 
-    def load_items(self, ds: DatasetSpec, tasks: dict[str, Any], index: EvalIndex | None) -> tuple[list[Instruction], dict]:
+    def load_items(
+        self, ds: DatasetSpec, tasks: dict[str, Any], index: EvalIndex | None
+    ) -> tuple[list[Instruction], dict]:
         """The (decontaminated, sampled) training items of one entry and their source description."""
         from kexpert.data.pools import load_pool_file
 
         if ds.task is not None:
             if ds.task not in tasks:
-                raise ConfigError(f"bank dataset {ds.name!r}: task {ds.task!r} is not configured (have {sorted(tasks)})")
+                raise ConfigError(
+                    f"bank dataset {ds.name!r}: task {ds.task!r} is not configured (have {sorted(tasks)})"
+                )
             task = tasks[ds.task]
-            if not task._has_kshot_split():
+            if task.kshot_pool_source != "train":
                 raise DataError(f"bank dataset {ds.name!r}: task {ds.task} has no train split in its source")
             items = [task.to_instruction(ex, with_rationale=ds.with_rationale) for ex in task.kshot_pool()]
-            source = {"dataset": f"task:{ds.task}:train", "template": {"prompt": task.prompt_template,
-                                                                      "target": task.target_template},
-                      "files": [str(task.kshot_source.local or task.kshot_source.hub)]}
+            source = {
+                "dataset": f"task:{ds.task}:train",
+                "template": {"prompt": task.prompt_template, "target": task.target_template},
+                "files": [str(task.kshot_source.local or task.kshot_source.hub)],
+            }
         else:
             items = []
             files = [self._resolve(f) for f in ds.files or []]
@@ -249,8 +255,12 @@ class BankBuildSpec:
             bad = find_overlaps(items, index)
             dropped = len(bad)
             if bad:
-                log.info("bank entry %s: dropped %d items that contain eval questions (e.g. %s)", ds.name,
-                         len(bad), next(iter(bad.values()))[0])
+                log.info(
+                    "bank entry %s: dropped %d items that contain eval questions (e.g. %s)",
+                    ds.name,
+                    len(bad),
+                    next(iter(bad.values()))[0],
+                )
             items = [it for i, it in enumerate(items) if i not in bad]
         rng = random.Random(entry_seed(self.seed, ds.name))
         if ds.rows is not None and not self.all_rows and ds.rows < len(items):
@@ -270,8 +280,17 @@ class BankBuildSpec:
         return items, source
 
     # -------------------------------------------------------------- build
-    def build(self, base_spec, tasks: dict[str, Any], optimizer, scheduler, trainer_cfg, model=None,
-              tokenizer=None, only: list[str] | None = None) -> Bank:
+    def build(
+        self,
+        base_spec,
+        tasks: dict[str, Any],
+        optimizer,
+        scheduler,
+        trainer_cfg,
+        model=None,
+        tokenizer=None,
+        only: list[str] | None = None,
+    ) -> Bank:
         """Train every missing entry and return the (complete) bank.
 
         Args:
@@ -285,14 +304,15 @@ class BankBuildSpec:
             only: Build only these entries.
         """
         todo = [d for d in self.datasets if d.name in set(self.missing()) and (only is None or d.name in only)]
-        bank = self.existing() or Bank(name=self.name, root=self.root_path, entries=[], meta={})
-        bank.meta.update(base_model=base_spec.identity, lora=vars(self.lora), train=vars(self.train), seed=self.seed)
         if not todo:
+            bank = self.existing() or Bank(name=self.name, root=self.root_path, entries=[], meta={})
             log.info("bank %s at %s: all %d entries present, nothing to build", self.name, self.root_path, len(bank))
             return bank
         index = EvalIndex(self.decontam_ngram, self.decontam_min_words)
         for task in tasks.values():
             index.add_examples(task.eval_examples())
+            if task.kshot_pool_source != "train":  # a hold-out K-shot pool is part of the eval file too
+                index.add_examples(task.kshot_pool())
         log.info("decontamination index: %d eval questions from %s", index.size, ", ".join(sorted(tasks)))
         prepared = []
         for ds in todo:  # all data first: a data error fails before hours of training
@@ -302,25 +322,69 @@ class BankBuildSpec:
         t_build = time.perf_counter()
         for i, (ds, items, source) in enumerate(prepared, start=1):
             log.info("bank %s: entry %d/%d %s (%d items)", self.name, i, len(prepared), ds.name, len(items))
-            path, stats = train_entry(model, tokenizer, base_spec, ds.name, items, self.lora, self.train,
-                                      optimizer, scheduler, trainer_cfg, self.root_path / "adapters" / ds.name,
-                                      seed=entry_seed(self.seed, ds.name))
+            path, stats = train_entry(
+                model,
+                tokenizer,
+                base_spec,
+                ds.name,
+                items,
+                self.lora,
+                self.train,
+                optimizer,
+                scheduler,
+                trainer_cfg,
+                self.root_path / "adapters" / ds.name,
+                seed=entry_seed(self.seed, ds.name),
+            )
             meta = {k: v for k, v in stats.items() if k != "train_loss"}
+            meta["lora"], meta["recipe"] = vars(self.lora), vars(self.train)
             if ds.task is not None:
                 meta["expert_lora_for"] = ds.task
-            entry = entry_from_adapter(ds.name, path, base_model=base_spec.identity, source=source,
-                                       train_loss=stats["train_loss"], meta=meta)
-            bank.entries = [e for e in bank.entries if e.name != ds.name] + [entry]
-            bank.meta["build_wall_s"] = round(float(bank.meta.get("build_wall_s", 0.0)) + stats["wall_s"], 1)
+            entry = entry_from_adapter(
+                ds.name, path, base_model=base_spec.identity, source=source, train_loss=stats["train_loss"], meta=meta
+            )
+            bank = self._commit(entry, base_spec)
+            log.info(
+                "bank %s: entry %d/%d %s done: loss %.3f -> %.3f, %d tokens, %.0f tok/s, %.0f s",
+                self.name,
+                i,
+                len(prepared),
+                ds.name,
+                stats["first_loss"],
+                stats["train_loss"],
+                stats["train_tokens"],
+                stats["tokens_per_s"],
+                stats["wall_s"],
+            )
+        log.info(
+            "bank %s: built %d entries in %.0f s -> %s",
+            self.name,
+            len(prepared),
+            time.perf_counter() - t_build,
+            self.root_path / MANIFEST_NAME,
+        )
+        return self._commit(None, base_spec)
+
+    def _commit(self, entry: BankEntry | None, base_spec) -> Bank:
+        """Add ``entry`` to the manifest on disk, under a lock (parallel builders of one bank merge, never clobber)."""
+        import fcntl
+
+        self.root_path.mkdir(parents=True, exist_ok=True)
+        with open(self.root_path / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            bank = self.existing() or Bank(name=self.name, root=self.root_path, entries=[], meta={})
+            if entry is not None:
+                bank.entries = [e for e in bank.entries if e.name != entry.name] + [entry]
+            order = [d.name for d in self.datasets if d.name in bank]
+            bank.entries = [bank[n] for n in order] + [e for e in bank.entries if e.name not in order]
+            bank.meta.update(
+                base_model=base_spec.identity,
+                lora=vars(self.lora),
+                train=vars(self.train),
+                seed=self.seed,
+                build_wall_s=round(sum(float(e.meta.get("wall_s", 0.0)) for e in bank.entries), 1),
+            )
             write_manifest(bank)
-            log.info("bank %s: entry %d/%d %s done: loss %.3f -> %.3f, %d tokens, %.0f tok/s, %.0f s", self.name, i,
-                     len(prepared), ds.name, stats["first_loss"], stats["train_loss"], stats["train_tokens"],
-                     stats["tokens_per_s"], stats["wall_s"])
-        log.info("bank %s: built %d entries in %.0f s -> %s", self.name, len(prepared), time.perf_counter() - t_build,
-                 self.root_path / MANIFEST_NAME)
-        order = [d.name for d in self.datasets if d.name in bank]
-        bank.entries = [bank[n] for n in order] + [e for e in bank.entries if e.name not in order]
-        write_manifest(bank)
         return bank
 
 
@@ -353,19 +417,39 @@ def train_entry(
 
     t0 = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules or base_spec.lora_target_modules), task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules or base_spec.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
     pm = get_peft_model(model, cfg)
     try:
-        dm = SFTDataModule(items, tokenizer, base_spec.prompt_format, batch_size=recipe.batch_size,
-                           cutoff_len=recipe.cutoff_len, seed=seed, group_by_length=recipe.group_by_length)
+        dm = SFTDataModule(
+            items,
+            tokenizer,
+            base_spec.prompt_format,
+            batch_size=recipe.batch_size,
+            cutoff_len=recipe.cutoff_len,
+            seed=seed,
+            group_by_length=recipe.group_by_length,
+        )
         opt = functools.partial(optimizer, lr=recipe.lr)
         lit = CausalLMLitModule(pm, optimizer=opt, scheduler=scheduler)
         recorder = _LossRecorder()
         work = out_dir.parent / f".{out_dir.name}.trainer"
-        trainer = instantiate(trainer_cfg, key="trainer", max_epochs=recipe.epochs, max_steps=recipe.max_steps,
-                              accumulate_grad_batches=recipe.accumulate_grad_batches, logger=False,
-                              enable_checkpointing=False, callbacks=[recorder], default_root_dir=str(work))
+        trainer = instantiate(
+            trainer_cfg,
+            key="trainer",
+            max_epochs=recipe.epochs,
+            max_steps=recipe.max_steps,
+            accumulate_grad_batches=recipe.accumulate_grad_batches,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[recorder],
+            default_root_dir=str(work),
+        )
         pm.train()  # from_pretrained leaves eval mode; LoRA dropout must be active from the first step
         trainer.fit(lit, datamodule=dm)
         shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ moved or copied as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,10 +90,8 @@ class BankEntry:
         d = asdict(self)
         p = Path(self.path)
         if root is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 p = p.resolve().relative_to(Path(root).resolve())
-            except ValueError:
-                pass
         d["path"] = str(p)
         return d
 
@@ -213,7 +212,9 @@ def read_manifest(path: str | os.PathLike) -> Bank:
         for i, d in enumerate(raw["entries"])
     ]
     try:
-        return Bank(name=str(raw.get("name") or root.name), root=root, entries=entries, meta=dict(raw.get("meta") or {}))
+        return Bank(
+            name=str(raw.get("name") or root.name), root=root, entries=entries, meta=dict(raw.get("meta") or {})
+        )
     except ConfigError as e:
         raise DataError(f"{path}: {e}") from e
 

@@ -19,7 +19,9 @@ from kexpert.bank.adapter import LoRAAdapter
 from kexpert.utils.errors import ConfigError
 
 
-def merged_modules(adapters: Sequence[LoRAAdapter], weights: Sequence[float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def merged_modules(
+    adapters: Sequence[LoRAAdapter], weights: Sequence[float]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module path -> ``(A_cat (R, d_in), B_cat (d_out, R))`` with ``B_cat @ A_cat = sum_i w_i s_i B_i A_i``."""
     if len(adapters) != len(weights) or not adapters:
         raise ConfigError("merge: need one weight per adapter (and at least one adapter)")

@@ -57,8 +57,13 @@ def validate_bank(bank: Bank, base_spec, allow_base_mismatch: bool = False, mode
     shapes = _module_shapes(model) if model is not None else base_model_shapes(base_spec)
     for entry in bank.entries:
         validate_entry(entry, shapes, base_spec.identity, allow_base_mismatch=allow_base_mismatch)
-    log.info("bank %s: %d entries valid for %s (ranks %s)", bank.name, len(bank), base_spec.name,
-             sorted({e.rank for e in bank.entries if e.rank is not None}))
+    log.info(
+        "bank %s: %d entries valid for %s (ranks %s)",
+        bank.name,
+        len(bank),
+        base_spec.name,
+        sorted({e.rank for e in bank.entries if e.rank is not None}),
+    )
     return bank
 
 
@@ -112,8 +117,12 @@ class BankSpec:
         if not subdirs:
             raise DataError(f"bank {self.name}: {d} holds no PEFT adapter dirs (subdirs with adapter_config.json)")
         entries = [entry_from_adapter(p.name, p, base_model=self.base_model) for p in subdirs]
-        return Bank(name=self.name, root=Path(self.root).expanduser() if self.root else d, entries=entries,
-                    meta={"imported_from": str(d)})
+        return Bank(
+            name=self.name,
+            root=Path(self.root).expanduser() if self.root else d,
+            entries=entries,
+            meta={"imported_from": str(d)},
+        )
 
     def _import_hub(self) -> Bank:
         from huggingface_hub import snapshot_download
@@ -125,8 +134,12 @@ class BankSpec:
         for hub_id in self.hub_ids or []:
             repo, _, sub = str(hub_id).partition(":")
             try:
-                local = snapshot_download(repo, cache_dir=self.cache_dir, local_files_only=not online,
-                                          allow_patterns=[f"{sub}/*" if sub else "*"])
+                local = snapshot_download(
+                    repo,
+                    cache_dir=self.cache_dir,
+                    local_files_only=not online,
+                    allow_patterns=[f"{sub}/*" if sub else "*"],
+                )
             except Exception as e:
                 why = "the hub is unreachable and it is not in the local cache" if not online else str(e)
                 raise DataError(f"bank {self.name}: hub adapter {hub_id!r} could not be fetched ({why})") from e

@@ -67,14 +67,19 @@ def make_random_bank(
     entries = []
     for i, r in enumerate(ranks):
         torch.manual_seed(seed + i)
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
-                         init_lora_weights=False, task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=2 * r,
+            target_modules=list(target_modules),
+            lora_dropout=0.0,
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        )
         pm = get_peft_model(model, cfg)
         name = f"lora_{i}"
         path = save_adapter(pm, out_dir / "adapters" / name, base_spec.identity)
         model = pm.unload()
-        entries.append(entry_from_adapter(name, path, base_model=base_spec.identity,
-                                          meta={"random_seed": seed + i}))
+        entries.append(entry_from_adapter(name, path, base_model=base_spec.identity, meta={"random_seed": seed + i}))
     bank = Bank(name=out_dir.name, root=out_dir, entries=entries, meta={"kind": "random", "seed": seed})
     write_manifest(bank)
     return bank

@@ -120,7 +120,9 @@ def validate_entry(
     if check_hash and entry.sha256:
         actual = sha256_file(weights_file(entry.path))
         if actual != entry.sha256:
-            raise DataError(f"{where}: weights sha256 {actual[:12]}... differs from the manifest's {entry.sha256[:12]}...")
+            raise DataError(
+                f"{where}: weights sha256 {actual[:12]}... differs from the manifest's {entry.sha256[:12]}..."
+            )
     try:
         adapter = read_peft_adapter(entry.path)
     except KExpertError as e:
@@ -129,7 +131,9 @@ def validate_entry(
     for module, lora in adapter.modules.items():
         if module not in shapes:
             close = sorted(k for k in shapes if k.rsplit(".", 1)[-1] == module.rsplit(".", 1)[-1])[:3]
-            hint = f" (modules of that kind: {', '.join(close)} ...)" if close else " (no such layer kind in the model)"
+            hint = (
+                f" (modules of that kind: {', '.join(close)} ...)" if close else " (no such layer kind in the model)"
+            )
             raise DataError(f"{where}: target module {module} does not exist in the base model{hint}")
         out_f, in_f = shapes[module]
         if lora.A.shape[1] != in_f or lora.B.shape[0] != out_f:

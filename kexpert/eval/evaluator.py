@@ -80,13 +80,20 @@ def evaluate(
         examples = task.eval_examples(limit=limit, seed=seed)
     start = time.perf_counter()
     if mode == "loglikelihood":
-        preds, metrics = _eval_loglikelihood(task, model, tokenizer, prompt_format, examples, batch_size, max_length,
-                                             progress, adapter_name)
+        preds, metrics = _eval_loglikelihood(
+            task, model, tokenizer, prompt_format, examples, batch_size, max_length, progress, adapter_name
+        )
     else:
-        preds, metrics = _eval_generate(task, model, tokenizer, prompt_format, examples, batch_size, max_length,
-                                        sandbox_timeout_s, progress)
-    metrics.update(task=task.name, mode=mode, n=len(examples), primary_metric=task.primary_metric,
-                   eval_wall_s=round(time.perf_counter() - start, 3))
+        preds, metrics = _eval_generate(
+            task, model, tokenizer, prompt_format, examples, batch_size, max_length, sandbox_timeout_s, progress
+        )
+    metrics.update(
+        task=task.name,
+        mode=mode,
+        n=len(examples),
+        primary_metric=task.primary_metric,
+        eval_wall_s=round(time.perf_counter() - start, 3),
+    )
     return EvalResult(metrics=metrics, predictions=preds)
 
 
@@ -100,8 +107,15 @@ def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_le
             pairs.append((ctx, pf.response(cont)))
             owners.append(i)
     names = [adapter_name] * len(pairs) if adapter_name else None
-    scores = score_continuations(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
-                                 adapter_names=names, progress=f"{task.name} loglik" if progress else False)
+    scores = score_continuations(
+        model,
+        tokenizer,
+        pairs,
+        batch_size=batch_size,
+        max_length=max_length,
+        adapter_names=names,
+        progress=f"{task.name} loglik" if progress else False,
+    )
     per_item: list[list] = [[] for _ in examples]
     for (_, cont), owner, sc in zip(pairs, owners, scores):
         per_item[owner].append((sc.logprob, sc.logprob / max(len(cont.encode()), 1)))
@@ -111,18 +125,33 @@ def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_le
         norm = max(range(len(lls)), key=lambda j: lls[j][1])
         correct.append(raw == ex.gold_index)
         correct_norm.append(norm == ex.gold_index)
-        preds.append({"id": ex.id, "gold": ex.gold, "pred": ex.choice_labels[raw], "pred_norm": ex.choice_labels[norm],
-                      "correct": raw == ex.gold_index, "correct_norm": norm == ex.gold_index,
-                      "loglik": [round(x[0], 4) for x in lls]})
+        preds.append(
+            {
+                "id": ex.id,
+                "gold": ex.gold,
+                "pred": ex.choice_labels[raw],
+                "pred_norm": ex.choice_labels[norm],
+                "correct": raw == ex.gold_index,
+                "correct_norm": norm == ex.gold_index,
+                "loglik": [round(x[0], 4) for x in lls],
+            }
+        )
     metrics = {**proportion("acc", correct), **proportion("acc_norm", correct_norm)}
     return preds, metrics
 
 
 def _eval_generate(task, model, tokenizer, pf, examples, batch_size, max_length, sandbox_timeout_s, progress):
     prompts = [pf.render(task.prompt(ex, mode="generate"), tokenizer) for ex in examples]
-    gens = generate_greedy(model, tokenizer, prompts, max_new_tokens=task.max_new_tokens, stop=task.stop,
-                           batch_size=batch_size, max_prompt_length=max_length,
-                           progress=f"{task.name} generate" if progress else False)
+    gens = generate_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=task.max_new_tokens,
+        stop=task.stop,
+        batch_size=batch_size,
+        max_prompt_length=max_length,
+        progress=f"{task.name} generate" if progress else False,
+    )
     preds, flags = [], []
     if task.answer_kind == "code":
         from kexpert.eval.sandbox import run_tests

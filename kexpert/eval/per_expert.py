@@ -51,8 +51,9 @@ def route_all_to(model: torch.nn.Module, expert: int) -> Iterator[None]:
             del router.forward
 
 
-def evaluate_experts_alone(task, model, tokenizer, prompt_format, examples, names: list[str], **eval_kwargs: Any
-                           ) -> dict[str, Any]:
+def evaluate_experts_alone(
+    task, model, tokenizer, prompt_format, examples, names: list[str], **eval_kwargs: Any
+) -> dict[str, Any]:
     """Correctness of each expert alone on ``examples`` (same order) plus its accuracy."""
     correct: dict[str, list[bool]] = {}
     acc: dict[str, float] = {}

@@ -1,5 +1,6 @@
-"""Log-likelihood of continuations: the one scoring primitive behind multiple-choice accuracy, vanilla and
-reasoning perplexity, and bank cards.
+"""Log-likelihood of continuations: the scoring primitive behind accuracy, perplexities and bank cards.
+
+Multiple-choice accuracy, vanilla and reasoning perplexity and bank cards all go through it.
 
 Context and continuation are tokenized separately; the continuation gets **no special tokens**, so no stray
 BOS is scored inside a response (the official ``compute_ppl.py`` bug, METHOD.md §10.2). Sequences are
@@ -42,7 +43,9 @@ class ContinuationScore:
         return math.exp(self.mean_nll)
 
 
-def encode_pair(tokenizer, context: str, continuation: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, context: str, continuation: str, max_length: int | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of ``context`` (with the tokenizer's own special tokens) and ``continuation`` (none).
 
     When the pair is longer than ``max_length``, the context is truncated from the left.

@@ -47,8 +47,16 @@ class SingleLoRAMethod(Method):
         label: Display label.
     """
 
-    def __init__(self, name: str, pick: Pick, data: DataChoice = "none", entry: str | None = None,
-                 batch_size: int = 8, cutoff_len: int = 1024, label: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pick: Pick,
+        data: DataChoice = "none",
+        entry: str | None = None,
+        batch_size: int = 8,
+        cutoff_len: int = 1024,
+        label: str | None = None,
+    ) -> None:
         super().__init__(name, data, label)
         if pick not in ("random", "expert_lora", "source_best", "fixed"):
             raise ConfigError(f"method.pick: expected random|expert_lora|source_best|fixed, got {pick!r}")
@@ -66,8 +74,10 @@ class SingleLoRAMethod(Method):
         if self.pick == "expert_lora":
             entry = bank.expert_lora_for(ctx.task.name)
             if entry is None:
-                raise ConfigError(f"bank {bank.name} has no LoRA trained on {ctx.task.name}'s train split "
-                                  "(Expert LoRA needs one; see conf/bank)")
+                raise ConfigError(
+                    f"bank {bank.name} has no LoRA trained on {ctx.task.name}'s train split "
+                    "(Expert LoRA needs one; see conf/bank)"
+                )
             return entry.name
         if self.pick == "source_best":
             return ctx.get_oracle()[0]
@@ -76,20 +86,38 @@ class SingleLoRAMethod(Method):
         return self.entry  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**super().describe(), "pick": self.pick, "entry": self.entry, "batch_size": self.batch_size,
-                "cutoff_len": self.cutoff_len}
+        return {
+            **super().describe(),
+            "pick": self.pick,
+            "entry": self.entry,
+            "batch_size": self.batch_size,
+            "cutoff_len": self.cutoff_len,
+        }
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         name = self.choose(ctx)
         entry = ctx.get_bank()[name]
-        info: dict[str, Any] = {"method": self.name, "entry": name, "entry_path": str(entry.path),
-                                "oracle": self.oracle}
+        info: dict[str, Any] = {
+            "method": self.name,
+            "entry": name,
+            "entry_path": str(entry.path),
+            "oracle": self.oracle,
+        }
         if self.trains:
             from kexpert.training.finetune_adapter import finetune_adapter
 
-            stats = finetune_adapter(ctx.base_spec, entry.path, ctx.train_items(self.data), ctx.cfg.optim,
-                                     ctx.cfg.trainer, out_dir / "adapter", seed=ctx.seed,
-                                     batch_size=self.batch_size, cutoff_len=self.cutoff_len, logger=ctx.logger)
+            stats = finetune_adapter(
+                ctx.base_spec,
+                entry.path,
+                ctx.train_items(self.data),
+                ctx.cfg.optim,
+                ctx.cfg.trainer,
+                out_dir / "adapter",
+                seed=ctx.seed,
+                batch_size=self.batch_size,
+                cutoff_len=self.cutoff_len,
+                logger=ctx.logger,
+            )
             info.update(stats, adapter="adapter")  # relative: the stage dir is renamed into place afterwards
         else:
             info.update(adapter=str(entry.path), trainable_params=0)
@@ -123,8 +151,7 @@ class MergeMethod(Method):
         adapters = [read_peft_adapter(bank[n].path) for n in names]
         weights = [1.0 / len(names)] * len(names)
         save_merged_adapter(adapters, weights, out_dir / "adapter", ctx.base_spec.identity)
-        info = {"method": self.name, "experts": names, "weights": weights, "adapter": "adapter",
-                "trainable_params": 0}
+        info = {"method": self.name, "experts": names, "weights": weights, "adapter": "adapter", "trainable_params": 0}
         write_json(out_dir / "method.json", info)
         return info
 

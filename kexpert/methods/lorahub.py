@@ -38,9 +38,19 @@ class LoRAHubMethod(Method):
         label: Display label.
     """
 
-    def __init__(self, name: str = "lorahub", candidates: Literal["selected", "random"] = "selected",
-                 num_candidates: int = 20, budget: int = 40, l1: float = 0.05, bounds: tuple[float, float] = (-1.5, 1.5),
-                 optimizer: str = "NGOpt", data: str = "kshot", batch_size: int = 8, label: str | None = "LoRAHub") -> None:
+    def __init__(
+        self,
+        name: str = "lorahub",
+        candidates: Literal["selected", "random"] = "selected",
+        num_candidates: int = 20,
+        budget: int = 40,
+        l1: float = 0.05,
+        bounds: tuple[float, float] = (-1.5, 1.5),
+        optimizer: str = "NGOpt",
+        data: str = "kshot",
+        batch_size: int = 8,
+        label: str | None = "LoRAHub",
+    ) -> None:
         super().__init__(name, data, label)  # type: ignore[arg-type]
         if data == "none":
             raise ConfigError("method.data: LoRAHub needs the K-shot for its objective")
@@ -51,8 +61,15 @@ class LoRAHubMethod(Method):
         self.needs_experts = candidates == "selected"
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**super().describe(), "candidates": self.candidates, "num_candidates": self.num_candidates,
-                "budget": self.budget, "l1": self.l1, "bounds": list(self.bounds), "optimizer": self.optimizer}
+        return {
+            **super().describe(),
+            "candidates": self.candidates,
+            "num_candidates": self.num_candidates,
+            "budget": self.budget,
+            "l1": self.l1,
+            "bounds": list(self.bounds),
+            "optimizer": self.optimizer,
+        }
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         import nevergrad as ng
@@ -93,9 +110,15 @@ class LoRAHubMethod(Method):
             log.info("lorahub step %d/%d: loss %.4f", step + 1, self.budget, loss)
         best = np.asarray(opt.provide_recommendation().value, dtype=float)
         save_merged_adapter(adapters, best.tolist(), out_dir / "adapter", ctx.base_spec.identity)
-        info = {"method": self.name, "candidates": names, "weights": best.round(5).tolist(),
-                "objective_history": history, "best_objective": objective(best),
-                "adapter": "adapter", "trainable_params": len(names)}
+        info = {
+            "method": self.name,
+            "candidates": names,
+            "weights": best.round(5).tolist(),
+            "objective_history": history,
+            "best_objective": objective(best),
+            "adapter": "adapter",
+            "trainable_params": len(names),
+        }
         write_json(out_dir / "method.json", info)
         return info
 

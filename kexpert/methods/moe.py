@@ -25,9 +25,16 @@ class MoEMethod(Method):
         random_experts: Use randomly initialised experts (MixLoRA) regardless of ``moe.expert_init``.
     """
 
-    def __init__(self, name: str = "rocket", data: DataChoice = "kshot+selected", batch_size: int = 8,
-                 cutoff_len: int = 1024, checkpoint_every_n_steps: int = 50, label: str | None = None,
-                 random_experts: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "rocket",
+        data: DataChoice = "kshot+selected",
+        batch_size: int = 8,
+        cutoff_len: int = 1024,
+        checkpoint_every_n_steps: int = 50,
+        label: str | None = None,
+        random_experts: bool = False,
+    ) -> None:
         super().__init__(name, data, label)
         self.batch_size, self.cutoff_len = batch_size, cutoff_len
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
@@ -35,8 +42,12 @@ class MoEMethod(Method):
         self.needs_experts = not random_experts
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**super().describe(), "batch_size": self.batch_size, "cutoff_len": self.cutoff_len,
-                "random_experts": self.random_experts}
+        return {
+            **super().describe(),
+            "batch_size": self.batch_size,
+            "cutoff_len": self.cutoff_len,
+            "random_experts": self.random_experts,
+        }
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         from omegaconf import OmegaConf, open_dict
@@ -53,10 +64,21 @@ class MoEMethod(Method):
             names = ctx.get_experts()[0]
             bank = ctx.get_bank()
             experts = [(n, str(bank[n].path)) for n in names]
-        _, metrics = train_moe(moe_cfg, ctx.cfg.optim, ctx.cfg.trainer, ctx.base_spec, experts,
-                               ctx.train_items(self.data), out_dir / "train", seed=ctx.seed,
-                               kshot_items=ctx.kshot_items, batch_size=self.batch_size, cutoff_len=self.cutoff_len,
-                               checkpoint_every_n_steps=self.checkpoint_every_n_steps, logger=ctx.logger)
+        _, metrics = train_moe(
+            moe_cfg,
+            ctx.cfg.optim,
+            ctx.cfg.trainer,
+            ctx.base_spec,
+            experts,
+            ctx.train_items(self.data),
+            out_dir / "train",
+            seed=ctx.seed,
+            kshot_items=ctx.kshot_items,
+            batch_size=self.batch_size,
+            cutoff_len=self.cutoff_len,
+            checkpoint_every_n_steps=self.checkpoint_every_n_steps,
+            logger=ctx.logger,
+        )
         info = {"method": self.name, "experts": names, **metrics, "checkpoint": "train/moe"}
         write_json(out_dir / "method.json", info)
         return info

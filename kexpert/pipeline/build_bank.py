@@ -28,8 +28,13 @@ def run(cfg: DictConfig) -> Bank:
     t0 = time.perf_counter()
     if isinstance(bank_spec, BankBuildSpec):
         missing = bank_spec.missing()
-        log.info("bank %s at %s: %d of %d entries missing", bank_spec.name, bank_spec.root_path, len(missing),
-                 len(bank_spec.datasets))
+        log.info(
+            "bank %s at %s: %d of %d entries missing",
+            bank_spec.name,
+            bank_spec.root_path,
+            len(missing),
+            len(bank_spec.datasets),
+        )
         optimizer = instantiate(cfg.optim.optimizer, key="optim.optimizer")
         scheduler = instantiate(cfg.optim.scheduler, key="optim.scheduler") if cfg.optim.get("scheduler") else None
         only = list(cfg.only) if cfg.get("only") else None

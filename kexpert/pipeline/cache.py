@@ -89,8 +89,16 @@ class StageCache:
         try:
             fn(tmp)
             wall = time.perf_counter() - start
-            write_json(tmp / MANIFEST, {"stage": stage, "key": key, "inputs": inputs, "wall_s": round(wall, 3),
-                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json(
+                tmp / MANIFEST,
+                {
+                    "stage": stage,
+                    "key": key,
+                    "inputs": inputs,
+                    "wall_s": round(wall, 3),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
             if final.exists():  # a concurrent job finished first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

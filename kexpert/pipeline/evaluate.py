@@ -51,9 +51,19 @@ def run(cfg: DictConfig) -> EvalResult:
     model, tok = load_model_cached(spec, cfg.get("adapter"))
     load_s = time.perf_counter() - t0
     ev = cfg.eval
-    result = evaluate(task, model, tok, spec.prompt_format, limit=ev.limit, seed=ev.seed, mode=ev.mode,
-                      batch_size=ev.batch_size, max_length=ev.max_length, sandbox_timeout_s=ev.sandbox_timeout_s,
-                      progress=ev.progress)
+    result = evaluate(
+        task,
+        model,
+        tok,
+        spec.prompt_format,
+        limit=ev.limit,
+        seed=ev.seed,
+        mode=ev.mode,
+        batch_size=ev.batch_size,
+        max_length=ev.max_length,
+        sandbox_timeout_s=ev.sandbox_timeout_s,
+        progress=ev.progress,
+    )
     metrics = {
         "eval": result.metrics,
         "task_info": task.info(),
@@ -68,8 +78,19 @@ def run(cfg: DictConfig) -> EvalResult:
     key = result.metrics["primary_metric"]
     lo, hi = result.metrics[f"{key}_ci95"]
     extra = f" (acc_norm {100 * result.metrics['acc_norm']:.1f})" if "acc_norm" in result.metrics else ""
-    log.info("%s: %s = %.1f%% [%.1f, %.1f] n=%d%s -> %s", task.name, key, 100 * result.score, 100 * lo, 100 * hi,
-             result.metrics["n"], extra, out_dir)
-    print(f"{task.name}: {key} = {100 * result.score:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
-          f"n={result.metrics['n']}, mode={result.metrics['mode']}){extra}")
+    log.info(
+        "%s: %s = %.1f%% [%.1f, %.1f] n=%d%s -> %s",
+        task.name,
+        key,
+        100 * result.score,
+        100 * lo,
+        100 * hi,
+        result.metrics["n"],
+        extra,
+        out_dir,
+    )
+    print(
+        f"{task.name}: {key} = {100 * result.score:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
+        f"n={result.metrics['n']}, mode={result.metrics['mode']}){extra}"
+    )
     return result

@@ -38,8 +38,18 @@ from kexpert.utils.provenance import provenance
 
 log = get_logger(__name__)
 STAGES = ("kshot", "experts", "data", "train", "eval", "report")
-_VOLATILE = {"progress", "cache_dir", "out_dir", "save_dir", "default_root_dir", "enable_progress_bar",
-             "log_every_n_steps", "enable_model_summary", "logger", "callbacks"}
+_VOLATILE = {
+    "progress",
+    "cache_dir",
+    "out_dir",
+    "save_dir",
+    "default_root_dir",
+    "enable_progress_bar",
+    "log_every_n_steps",
+    "enable_model_summary",
+    "logger",
+    "callbacks",
+}
 
 
 def _clean(obj: Any) -> Any:
@@ -110,10 +120,17 @@ class Pipeline:
             spec = instantiate(self.cfg.bank, key="bank")
             if self.cfg.get("build_bank_if_missing") and hasattr(spec, "missing") and spec.missing():
                 log.info("bank %s: building the missing entries %s first", spec.name, spec.missing())
-                tasks = {n: instantiate(t, key=f"bank_tasks.{n}") for n, t in (self.cfg.get("bank_tasks") or {}).items()}
+                tasks = {
+                    n: instantiate(t, key=f"bank_tasks.{n}") for n, t in (self.cfg.get("bank_tasks") or {}).items()
+                }
                 sched = self.cfg.optim.get("scheduler")
-                spec.build(self.base_spec, tasks, instantiate(self.cfg.optim.optimizer, key="optim.optimizer"),
-                           instantiate(sched, key="optim.scheduler") if sched else None, self.cfg.trainer)
+                spec.build(
+                    self.base_spec,
+                    tasks,
+                    instantiate(self.cfg.optim.optimizer, key="optim.optimizer"),
+                    instantiate(sched, key="optim.scheduler") if sched else None,
+                    self.cfg.trainer,
+                )
             self._bank = spec.load(self.base_spec)
         return self._bank
 
@@ -138,8 +155,12 @@ class Pipeline:
 
         art = self.artifacts.get("experts")
         if art is None:
-            inputs = {**self._kshot_inputs(), "base_model": self.base_spec.identity, "bank": self._bank_identity(),
-                      "expert_selection": _node(self.cfg, "expert_selection")}
+            inputs = {
+                **self._kshot_inputs(),
+                "base_model": self.base_spec.identity,
+                "bank": self._bank_identity(),
+                "expert_selection": _node(self.cfg, "expert_selection"),
+            }
             art = self.cache.run("experts", inputs, lambda d: select_experts.run(self._sub_cfg(d)))
             self.artifacts["experts"] = art
         doc = read_json(art.path / "experts.json")
@@ -152,11 +173,17 @@ class Pipeline:
         sel = self.cfg.get("oracle_selection")
         if sel is None:
             raise ConfigError("oracle_selection: missing (train.yaml sets it from conf/expert_selection/oracle)")
-        inputs = {"task": _node(self.cfg, "task"), "base_model": self.base_spec.identity,
-                  "bank": self._bank_identity(), "oracle_selection": _clean(to_container(sel)),
-                  "k_shot": int(self.cfg.k_shot), "data_seed": int(self.cfg.data_seed)}
+        inputs = {
+            "task": _node(self.cfg, "task"),
+            "base_model": self.base_spec.identity,
+            "bank": self._bank_identity(),
+            "oracle_selection": _clean(to_container(sel)),
+            "k_shot": int(self.cfg.k_shot),
+            "data_seed": int(self.cfg.data_seed),
+        }
         art = self.artifacts.get("oracle") or self.cache.run(
-            "oracle", inputs, lambda d: select_experts.run(self._sub_cfg(d, expert_selection=to_container(sel))))
+            "oracle", inputs, lambda d: select_experts.run(self._sub_cfg(d, expert_selection=to_container(sel)))
+        )
         self.artifacts["oracle"] = art
         doc = read_json(art.path / "experts.json")
         ranks = {name: row.get("rank_sum", 0.0) for name, row in _rows_by_name(doc).items()}
@@ -169,9 +196,15 @@ class Pipeline:
 
         if str(self.cfg.data_selection.get("_target_", "")).endswith("NoDataSelection"):
             return []  # K-shot only
-        inputs = {**self._kshot_inputs(), "pool": _node(self.cfg, "pool"), "encoder": _node(self.cfg, "encoder"),
-                  "data_selection": _node(self.cfg, "data_selection"), "embedding": _node(self.cfg, "embedding"),
-                  "decontamination": _node(self.cfg, "decontamination"), "index": _node(self.cfg, "index")}
+        inputs = {
+            **self._kshot_inputs(),
+            "pool": _node(self.cfg, "pool"),
+            "encoder": _node(self.cfg, "encoder"),
+            "data_selection": _node(self.cfg, "data_selection"),
+            "embedding": _node(self.cfg, "embedding"),
+            "decontamination": _node(self.cfg, "decontamination"),
+            "index": _node(self.cfg, "index"),
+        }
         art = self.artifacts.get("data") or self.cache.run("data", inputs, lambda d: select_data.run(self._sub_cfg(d)))
         self.artifacts["data"] = art
         rows = read_jsonl(art.path / "selected.jsonl")
@@ -181,17 +214,28 @@ class Pipeline:
         """What the method sees."""
         kshot = self.kshot()
         return MethodContext(
-            cfg=self.cfg, task=self.task, base_spec=self.base_spec, kshot=kshot,
-            kshot_items=[self.task.to_instruction(e) for e in kshot], seed=int(self.cfg.seed),
-            get_bank=self.bank, get_experts=self.experts, get_selected=self.selected_data, get_oracle=self.oracle,
+            cfg=self.cfg,
+            task=self.task,
+            base_spec=self.base_spec,
+            kshot=kshot,
+            kshot_items=[self.task.to_instruction(e) for e in kshot],
+            seed=int(self.cfg.seed),
+            get_bank=self.bank,
+            get_experts=self.experts,
+            get_selected=self.selected_data,
+            get_oracle=self.oracle,
             logger=loggers[0] if loggers else None,
         )
 
     def train_inputs(self) -> dict[str, Any]:
         """Everything that determines the trained artifact."""
         m = self.method
-        inputs: dict[str, Any] = {**self._kshot_inputs(), "method": m.describe(), "base_model": self.base_spec.identity,
-                                  "seed": int(self.cfg.seed)}
+        inputs: dict[str, Any] = {
+            **self._kshot_inputs(),
+            "method": m.describe(),
+            "base_model": self.base_spec.identity,
+            "seed": int(self.cfg.seed),
+        }
         if m.trains:
             inputs.update(optim=_node(self.cfg, "optim"), trainer=_node(self.cfg, "trainer"))
         if m.needs_experts or m.oracle or m.name in ("random", "random_data", "expert_lora"):
@@ -224,8 +268,11 @@ def _rows_by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _count_params(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for n, p in model.named_parameters() if "lora" in n.lower() or "router" in n.lower()
-                    or "expert" in n.lower())
+    trainable = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "lora" in n.lower() or "router" in n.lower() or "expert" in n.lower()
+    )
     return {"total": total, "adapter": trainable}
 
 
@@ -255,8 +302,10 @@ def validate_config(cfg: DictConfig) -> None:
     sel = cfg.get("expert_selection")
     if sel is not None and moe is not None and sel.get("num_experts") is not None:
         if int(sel.num_experts) != int(moe.num_experts):
-            raise ConfigError(f"expert_selection.num_experts={sel.num_experts} differs from moe.num_experts="
-                              f"{moe.num_experts}: the MoE needs one expert per selected LoRA")
+            raise ConfigError(
+                f"expert_selection.num_experts={sel.num_experts} differs from moe.num_experts="
+                f"{moe.num_experts}: the MoE needs one expert per selected LoRA"
+            )
         m = sel.get("num_candidates")
         if m is not None and int(m) < int(sel.num_experts):
             raise ConfigError(f"expert_selection.num_candidates (M={m}) must be >= num_experts (N={sel.num_experts})")
@@ -274,9 +323,15 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if not cfg.get("skip_invalid", False):
             raise
         log.warning("skipping this grid point: %s", e)
-        metrics = {"skipped": str(e), "method": cfg.method.get("name"), "task": cfg.task.get("name"),
-                   "k_shot": int(cfg.k_shot), "data_seed": int(cfg.data_seed), "seed": int(cfg.seed),
-                   "sweep_name": cfg.get("sweep_name")}
+        metrics = {
+            "skipped": str(e),
+            "method": cfg.method.get("name"),
+            "task": cfg.task.get("name"),
+            "k_shot": int(cfg.k_shot),
+            "data_seed": int(cfg.data_seed),
+            "seed": int(cfg.seed),
+            "sweep_name": cfg.get("sweep_name"),
+        }
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         print(f"skipped: {e}")
         return metrics, {}
@@ -291,9 +346,16 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     timings: dict[str, float] = {}
     method = pipe.method
     metrics: dict[str, Any] = {
-        "method": method.name, "label": method.label, "task": pipe.task.name, "k_shot": int(cfg.k_shot),
-        "data_seed": int(cfg.data_seed), "seed": int(cfg.seed), "stages_run": stages,
-        "sweep_name": cfg.get("sweep_name"), "tags": list(cfg.get("tags") or []), "oracle": method.oracle,
+        "method": method.name,
+        "label": method.label,
+        "task": pipe.task.name,
+        "k_shot": int(cfg.k_shot),
+        "data_seed": int(cfg.data_seed),
+        "seed": int(cfg.seed),
+        "stages_run": stages,
+        "sweep_name": cfg.get("sweep_name"),
+        "tags": list(cfg.get("tags") or []),
+        "oracle": method.oracle,
     }
     if cfg.get("moe") is not None:
         metrics.update(num_experts=int(cfg.moe.num_experts), top_k=int(cfg.moe.top_k))
@@ -334,14 +396,23 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             model, tok = timed("load_model", lambda: method.load(ctx, art.path))
             metrics["params"] = _count_params(model)
             ev = cfg.eval
-            eval_inputs = {"train": art.key, "task": _node(cfg, "task"), "eval": _clean(to_container(ev)),
-                           "per_expert": bool(ev.get("per_expert", False))}
+            eval_inputs = {
+                "train": art.key,
+                "task": _node(cfg, "task"),
+                "eval": _clean(to_container(ev)),
+                "per_expert": bool(ev.get("per_expert", False)),
+            }
 
             per_expert = bool(ev.get("per_expert", False)) and type(method).__name__ == "MoEMethod"
 
             def do_eval(d: Path) -> None:
-                kwargs = dict(mode=ev.mode, batch_size=ev.batch_size, max_length=ev.max_length,
-                              sandbox_timeout_s=ev.sandbox_timeout_s, progress=ev.progress)
+                kwargs = dict(
+                    mode=ev.mode,
+                    batch_size=ev.batch_size,
+                    max_length=ev.max_length,
+                    sandbox_timeout_s=ev.sandbox_timeout_s,
+                    progress=ev.progress,
+                )
                 examples = pipe.task.eval_examples(limit=ev.limit, seed=ev.seed)
                 res = evaluate(pipe.task, model, tok, pipe.base_spec.prompt_format, examples=examples, **kwargs)
                 write_jsonl(d / "predictions.jsonl", res.predictions)
@@ -350,8 +421,12 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                     from kexpert.eval.per_expert import evaluate_experts_alone
 
                     names = metrics.get("experts") or [f"expert_{i}" for i in range(int(cfg.moe.num_experts))]
-                    write_json(d / "per_expert.json", evaluate_experts_alone(
-                        pipe.task, model, tok, pipe.base_spec.prompt_format, examples, list(names), **kwargs))
+                    write_json(
+                        d / "per_expert.json",
+                        evaluate_experts_alone(
+                            pipe.task, model, tok, pipe.base_spec.prompt_format, examples, list(names), **kwargs
+                        ),
+                    )
 
             eart = timed("eval", lambda: pipe.cache.run("eval", eval_inputs, do_eval))
             pipe.artifacts["eval"] = eart
@@ -370,8 +445,10 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             metrics["routing"] = _routing_report(pipe, model, tok)
         timings["report"] = round(time.perf_counter() - t0, 3)
     metrics["stage_wall_s"] = timings
-    metrics["stage_cache"] = {n: {"key": a.key, "reused": a.reused, "built_wall_s": a.wall_s, "path": str(a.path)}
-                              for n, a in pipe.artifacts.items()}
+    metrics["stage_cache"] = {
+        n: {"key": a.key, "reused": a.reused, "built_wall_s": a.wall_s, "path": str(a.path)}
+        for n, a in pipe.artifacts.items()
+    }
     metrics["config_hash"] = sha1_of(to_container(cfg))
     metrics["wall_s"] = round(time.perf_counter() - t_run, 3)
     metrics["provenance"] = provenance()
@@ -382,8 +459,10 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         key = ev["primary_metric"]
         lo, hi = ev[f"{key}_ci95"]
         tag = " [ORACLE]" if method.oracle else ""
-        print(f"{pipe.task.name} {method.label}{tag}: {key} = {100 * metrics['score']:.1f}% "
-              f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}, n={ev['n']}) -> {pipe.out_dir}")
+        print(
+            f"{pipe.task.name} {method.label}{tag}: {key} = {100 * metrics['score']:.1f}% "
+            f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}, n={ev['n']}) -> {pipe.out_dir}"
+        )
     objects.update(model=model, tokenizer=tok)
     return metrics, objects
 
@@ -395,9 +474,12 @@ def _routing_report(pipe: Pipeline, model, tok) -> dict[str, Any]:
     ev = pipe.cfg.eval
     examples = pipe.task.eval_examples(limit=min(ev.limit or 100, 100), seed=ev.seed)
     texts = routing_stats.eval_texts(pipe.task, examples, pipe.base_spec.prompt_format, tok)
-    names = (pipe.artifacts.get("experts") and read_json(pipe.artifacts["experts"].path / "experts.json")["chosen"]) or None
-    stats = routing_stats.collect_routing_stats(model, tok, texts, expert_names=names, batch_size=ev.batch_size,
-                                                progress=ev.progress)
+    names = (
+        pipe.artifacts.get("experts") and read_json(pipe.artifacts["experts"].path / "experts.json")["chosen"]
+    ) or None
+    stats = routing_stats.collect_routing_stats(
+        model, tok, texts, expert_names=names, batch_size=ev.batch_size, progress=ev.progress
+    )
     paths = routing_stats.write_routing_report(stats, pipe.out_dir / "routing", title=f"{pipe.task.name} routing")
     return {k: str(v) for k, v in paths.items()}
 
@@ -413,7 +495,9 @@ def _log_metrics(loggers: list, metrics: dict[str, Any]) -> None:
     for lg in loggers:
         try:
             lg.log_metrics(flat)
-            lg.log_hyperparams({k: metrics[k] for k in ("method", "task", "k_shot", "data_seed", "seed") if k in metrics})
+            lg.log_hyperparams(
+                {k: metrics[k] for k in ("method", "task", "k_shot", "data_seed", "seed") if k in metrics}
+            )
             if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
                 import wandb
 

@@ -96,7 +96,7 @@ def gsm8k_number(text: str) -> str | None:
 
 
 def canonical_number(s: str) -> str | None:
-    """Canonical string of a number: ``"1,000.50"`` -> ``"1000.5"``, ``"3/4"`` -> ``"0.75"``; ``None`` if unparsable."""
+    """Canonical number string (``"1,000.50"`` -> ``"1000.5"``, ``"3/4"`` -> ``"0.75"``); ``None`` if unparsable."""
     s = s.replace(",", "").replace("$", "").strip().rstrip(".")
     try:
         value = Decimal(Fraction(s).numerator) / Decimal(Fraction(s).denominator) if "/" in s else Decimal(s)
@@ -134,7 +134,12 @@ def extract_code(text: str) -> str:
         if re.match(r"\s*(def |import |from |class |@)", line):
             body = []
             for ln in lines[i:]:
-                if body and ln and not ln[0].isspace() and not re.match(r"(def |import |from |class |@|#|\w+\s*=)", ln):
+                if (
+                    body
+                    and ln
+                    and not ln[0].isspace()
+                    and not re.match(r"(def |import |from |class |@|#|\w+\s*=)", ln)
+                ):
                     break
                 body.append(ln)
             return "\n".join(body).strip()

@@ -43,7 +43,12 @@ def arc_ai2(row: dict[str, Any], task: str, index: int) -> Example:
     """AI2 ARC schema: ``question: {stem, choices: [{text, label}]}``, ``answerKey``."""
     q = row["question"]
     return _mc(
-        task, row["id"], q["stem"], [c["text"] for c in q["choices"]], [c["label"] for c in q["choices"]], row["answerKey"]
+        task,
+        row["id"],
+        q["stem"],
+        [c["text"] for c in q["choices"]],
+        [c["label"] for c in q["choices"]],
+        row["answerKey"],
     )
 
 
@@ -77,7 +82,7 @@ def arc_llm_adapters(row: dict[str, Any], task: str, index: int) -> Example:
 
 
 def piqa(row: dict[str, Any], task: str, index: int) -> Example:
-    """PIQA (official jsonl with merged ``label``, or ``ybisk/piqa``): ``goal``, ``sol1``, ``sol2``, ``label``; id = row index."""
+    """PIQA (official jsonl + ``label``, or ``ybisk/piqa``): ``goal``, ``sol1``, ``sol2``, ``label``; id = index."""
     label = int(row["label"])
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, got {label}")

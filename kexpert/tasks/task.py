@@ -155,15 +155,15 @@ class Task:
         key = f"{what}:{self.resolved_source()}"
         if key in self._cache:
             return self._cache[key]
-        if self.resolved_source() == "local":
-            rows = self._load_local(src, what)
-        else:
-            rows = self._load_hub(src, what)
+        load = self._load_local if self.resolved_source() == "local" else self._load_hub
+        rows = load(src, what)
         if self.num_choices is not None and self.answer_kind == "multiple_choice":
             before = len(rows)
             rows = [r for r in rows if r.choices is not None and len(r.choices) == self.num_choices]
             if len(rows) < before:
-                log.info("%s/%s: kept %d of %d items with %d options", self.name, what, len(rows), before, self.num_choices)
+                log.info(
+                    "%s/%s: kept %d of %d items with %d options", self.name, what, len(rows), before, self.num_choices
+                )
         self._cache[key] = rows
         return rows
 
@@ -174,7 +174,9 @@ class Task:
                 f"task {self.name}: no local data dir; set KEXPERT_DATA_DIR or paths.data_dir (or task.source=hub)"
             )
         if not data_dir.is_dir():
-            raise DataError(f"task {self.name}: data dir {data_dir} does not exist (KEXPERT_DATA_DIR / paths.data_dir)")
+            raise DataError(
+                f"task {self.name}: data dir {data_dir} does not exist (KEXPERT_DATA_DIR / paths.data_dir)"
+            )
         if src.local is None or src.local_format is None:
             raise DataError(f"task {self.name}: split {what!r} has no local file configured")
         path = data_dir / src.local
@@ -186,7 +188,9 @@ class Task:
             try:
                 out.append(normalize(row, self.name, lineno - 1))
             except (KeyError, ValueError, TypeError, AttributeError) as e:
-                raise DataError(f"{path}:{lineno}: not a valid {src.local_format} row ({type(e).__name__}: {e})") from e
+                raise DataError(
+                    f"{path}:{lineno}: not a valid {src.local_format} row ({type(e).__name__}: {e})"
+                ) from e
         return out
 
     def _load_hub(self, src: SplitSource, what: str) -> list[Example]:
@@ -295,8 +299,13 @@ class Task:
             text = ex.gold_text if text is None else text
             label = ex.gold if label is None else label
             answer = f"{label}. {text}"
-        return {"text": text or "", "label": label or "", "answer": answer, "rationale": ex.rationale or "",
-                "code": ex.gold if self.answer_kind == "code" else ""}
+        return {
+            "text": text or "",
+            "label": label or "",
+            "answer": answer,
+            "rationale": ex.rationale or "",
+            "code": ex.gold if self.answer_kind == "code" else "",
+        }
 
     def target(self, ex: Example) -> str:
         """The gold response: the scored continuation and the SFT target."""

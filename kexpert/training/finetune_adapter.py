@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 import time
 from pathlib import Path
@@ -55,8 +54,14 @@ def finetune_adapter(
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f".{out_dir.name}.trainer"
-    trainer = instantiate(cfg_trainer, key="trainer", logger=logger if logger is not None else False,
-                          enable_checkpointing=False, callbacks=[_Rec()], default_root_dir=str(work))
+    trainer = instantiate(
+        cfg_trainer,
+        key="trainer",
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        callbacks=[_Rec()],
+        default_root_dir=str(work),
+    )
     pm.train()
     trainer.fit(lit, datamodule=dm)
     shutil.rmtree(work, ignore_errors=True)
@@ -64,7 +69,12 @@ def finetune_adapter(
         raise DataError(f"fine-tuning {adapter_dir}: no finite training loss")
     pm.eval()
     save_adapter(pm, out_dir, base_spec.identity)
-    return {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4), "steps": len(losses),
-            "train_items": len(dm.train_ds), "train_tokens": dm.stats["tokens"],
-            "trainable_params": sum(p.numel() for p in pm.parameters() if p.requires_grad),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "first_loss": round(losses[0], 4),
+        "last_loss": round(losses[-1], 4),
+        "steps": len(losses),
+        "train_items": len(dm.train_ds),
+        "train_tokens": dm.stats["tokens"],
+        "trainable_params": sum(p.numel() for p in pm.parameters() if p.requires_grad),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }

@@ -9,7 +9,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, num_training_steps: int, warmup_ratio: float = 0.03, warmup_steps: int | None = None,
+    optimizer: Optimizer,
+    num_training_steps: int,
+    warmup_ratio: float = 0.03,
+    warmup_steps: int | None = None,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
     """Linear warm-up to the base LR, then cosine decay to ``min_lr_ratio`` x base LR.

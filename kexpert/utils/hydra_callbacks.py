@@ -23,8 +23,17 @@ def summarize_runs(sweep_dir: str | Path) -> str:
         ev = m.get("eval", m)
         key = ev.get("primary_metric", "acc")
         ci = ev.get(f"{key}_ci95", [float("nan")] * 2)
-        rows.append((path.parent.name, ev.get("task", "?"), ev.get("mode", "?"), ev.get("n", "?"), key,
-                     _fmt(ev.get(key, float("nan"))), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"))
+        rows.append(
+            (
+                path.parent.name,
+                ev.get("task", "?"),
+                ev.get("mode", "?"),
+                ev.get("n", "?"),
+                key,
+                _fmt(ev.get(key, float("nan"))),
+                f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
+            )
+        )
     if not rows:
         return f"(no metrics.json under {sweep_dir})"
     head = "| job | task | mode | n | metric | value (%) | 95% CI |\n|---|---|---|---|---|---|---|\n"
@@ -78,7 +87,9 @@ class ValidateSweep(Callback):
             skip = any(o.startswith("skip_invalid=true") for o in task_overrides) or bool(config.get("skip_invalid"))
             if not skip:
                 # Hydra turns exceptions raised in callbacks into warnings: exit to really stop the sweep.
-                print(f"error: {len(bad)} of {len(jobs)} grid points are invalid (nothing was run):\n  {listing}",
-                      file=sys.stderr)
+                print(
+                    f"error: {len(bad)} of {len(jobs)} grid points are invalid (nothing was run):\n  {listing}",
+                    file=sys.stderr,
+                )
                 raise SystemExit(2)
             print(f"skip_invalid: {len(bad)} of {len(jobs)} grid points will be skipped:\n  {listing}")

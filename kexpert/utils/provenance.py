@@ -8,8 +8,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("kexpert", "torch", "transformers", "peft", "lightning", "hydra-core", "datasets", "faiss-cpu",
-            "sentence-transformers")
+PACKAGES = (
+    "kexpert",
+    "torch",
+    "transformers",
+    "peft",
+    "lightning",
+    "hydra-core",
+    "datasets",
+    "faiss-cpu",
+    "sentence-transformers",
+)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -72,11 +72,13 @@ CHEAP = {
 }
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in group_options() if g in CHEAP and
-                                              (CHEAP[g] is None or o in CHEAP[g])])
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g, o in group_options() if g in CHEAP and (CHEAP[g] is None or o in CHEAP[g])]
+)
 def test_option_instantiates(group, option, compose_cfg, tmp_path):
-    cfg = compose_cfg("eval", [f"+{group}={option}"] if group in ("trainer", "logger", "optim") else
-                      [f"{group}={option}"])
+    cfg = compose_cfg(
+        "eval", [f"+{group}={option}"] if group in ("trainer", "logger", "optim") else [f"{group}={option}"]
+    )
     node = cfg[group]
     if group == "logger":
         objs = [instantiate(sub) for sub in node.values()]

@@ -52,8 +52,9 @@ def test_invalid_point_is_rejected():
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm"])
 def test_launchers_compose_with_train(launcher):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"launcher={launcher}", "sweep=ablate_top_k"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="train", overrides=[f"launcher={launcher}", "sweep=ablate_top_k"], return_hydra_config=True
+        )
     assert "Launcher" in cfg.hydra.launcher._target_
 
 

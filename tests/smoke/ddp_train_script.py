@@ -13,19 +13,49 @@ from kexpert.models.factory import BaseModelSpec
 from kexpert.pipeline.train_moe import train_moe
 
 out_dir, bank_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-spec = BaseModelSpec(name="tiny", dtype="float32", device="cpu", tiny={"hidden_size": 32, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "seed": 0})
+spec = BaseModelSpec(
+    name="tiny",
+    dtype="float32",
+    device="cpu",
+    tiny={
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "seed": 0,
+    },
+)
 bank = read_manifest(bank_dir)
 experts = [(e.name, str(e.path)) for e in bank.entries[:2]]
 # 8 items of identical token length: one optimizer step sees all of them whether on 1 or 2 processes.
 items = [Instruction(instruction=f"Question {i}: what is item {i}?", output=f"It is number {i}.") for i in range(8)]
-moe = OmegaConf.create({"_target_": "kexpert.models.inject.LoRAMoESpec", "num_experts": 2, "top_k": 1,
-                        "lora_dropout": 0.0})
+moe = OmegaConf.create(
+    {"_target_": "kexpert.models.inject.LoRAMoESpec", "num_experts": 2, "top_k": 1, "lora_dropout": 0.0}
+)
 optim = OmegaConf.create({"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}})
-trainer = OmegaConf.create({
-    "_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": devices,
-    "strategy": "ddp" if devices > 1 else "auto", "max_epochs": 3, "enable_progress_bar": False,
-    "log_every_n_steps": 1, "enable_model_summary": False,
-})
-train_moe(moe, optim, trainer, spec, experts, items, out_dir, seed=0, batch_size=8 // devices, cutoff_len=64,
-          checkpoint_every_n_steps=100)
+trainer = OmegaConf.create(
+    {
+        "_target_": "lightning.pytorch.Trainer",
+        "accelerator": "cpu",
+        "devices": devices,
+        "strategy": "ddp" if devices > 1 else "auto",
+        "max_epochs": 3,
+        "enable_progress_bar": False,
+        "log_every_n_steps": 1,
+        "enable_model_summary": False,
+    }
+)
+train_moe(
+    moe,
+    optim,
+    trainer,
+    spec,
+    experts,
+    items,
+    out_dir,
+    seed=0,
+    batch_size=8 // devices,
+    cutoff_len=64,
+    checkpoint_every_n_steps=100,
+)

@@ -17,17 +17,38 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     from kexpert.bank.testing import make_random_bank
     from kexpert.models.factory import BaseModelSpec
 
-    spec = BaseModelSpec(name="tiny", dtype="float32", device="cpu", tiny={
-        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 64, "seed": 0})
+    spec = BaseModelSpec(
+        name="tiny",
+        dtype="float32",
+        device="cpu",
+        tiny={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "seed": 0,
+        },
+    )
     make_random_bank(spec, tmp_path / "bank", n=2, rank=4)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": "29531",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": "29531",
+        "PYTHONPATH": str(ROOT),
+    }
     outs = {}
     for devices in (1, 2):
         out = tmp_path / f"run{devices}"
-        r = subprocess.run([sys.executable, str(SCRIPT), str(out), str(tmp_path / "bank"), str(devices)],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, str(SCRIPT), str(out), str(tmp_path / "bank"), str(devices)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         from safetensors.torch import load_file
 

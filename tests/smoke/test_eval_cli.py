@@ -15,8 +15,14 @@ def run_eval(tmp_path, *overrides, data_dir=None):
         env["KEXPERT_DATA_DIR"] = str(data_dir)
     else:
         env.pop("KEXPERT_DATA_DIR", None)
-    cmd = [sys.executable, "eval.py", "base_model=tiny", "eval.progress=false", f"hydra.run.dir={tmp_path / 'run'}",
-           *overrides]
+    cmd = [
+        sys.executable,
+        "eval.py",
+        "base_model=tiny",
+        "eval.progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

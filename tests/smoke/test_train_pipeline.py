@@ -12,15 +12,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path, fixture_data_dir):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "KEXPERT_DATA_DIR": str(fixture_data_dir),
-            "KEXPERT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "KEXPERT_DATA_DIR": str(fixture_data_dir),
+        "KEXPERT_CACHE_DIR": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def train(tmp_path, fixture_data_dir, *overrides, multirun=False, timeout=900):
     where = f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"
     cmd = [sys.executable, "train.py", *(["-m"] if multirun else []), "experiment=tiny", where, *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path, fixture_data_dir), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=_env(tmp_path, fixture_data_dir), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,9 @@ def test_lorahub_searches_weights(sweep, fixture_data_dir):
 
 
 def test_invalid_grid_point_fails_before_running(tmp_path, fixture_data_dir):
-    r = train(tmp_path, fixture_data_dir, "task=arc_e", "moe.num_experts=2", "moe.top_k=1,3", multirun=True,
-              timeout=300)
+    r = train(
+        tmp_path, fixture_data_dir, "task=arc_e", "moe.num_experts=2", "moe.top_k=1,3", multirun=True, timeout=300
+    )
     assert r.returncode != 0
     assert "grid points are invalid (nothing was run)" in r.stderr
     assert "moe.top_k=3 must be between 1 and moe.num_experts=2" in r.stderr
@@ -103,8 +111,9 @@ def test_invalid_grid_point_fails_before_running(tmp_path, fixture_data_dir):
 
 def test_expert_lora_without_task_entry_is_skipped_when_asked(sweep, fixture_data_dir):
     tmp, _, _, _ = sweep
-    r = train(tmp, fixture_data_dir, "task=arc_e", "method=expert_lora", "skip_invalid=true",
-              f"hydra.run.dir={tmp / 'skip'}")
+    r = train(
+        tmp, fixture_data_dir, "task=arc_e", "method=expert_lora", "skip_invalid=true", f"hydra.run.dir={tmp / 'skip'}"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp / "skip" / "metrics.json").read_text())
     assert "no LoRA trained on arc_e" in m["skipped"]

@@ -52,8 +52,15 @@ def test_match_option_text(text, choices, expected):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("Yes, it is.", "yes"), ("no", "no"), ("True", "yes"), ("false.", "no"), ("A", "yes"), ("B. No", "no"),
-     ("maybe", None)],
+    [
+        ("Yes, it is.", "yes"),
+        ("no", "no"),
+        ("True", "yes"),
+        ("false.", "no"),
+        ("A", "yes"),
+        ("B. No", "no"),
+        ("maybe", None),
+    ],
 )
 def test_yes_no(text, expected):
     assert yes_no(text) == expected

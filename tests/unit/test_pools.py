@@ -224,3 +224,25 @@ def test_every_real_pool_file_loads(real_data_dir):
             assert it.instruction.strip() and it.output.strip(), (f, it)
             assert "<|endoftext|>" not in it.output
     assert total > 100_000
+
+
+def test_hub_source_goes_through_the_same_normalizers(monkeypatch):
+    import datasets
+
+    calls = {}
+
+    def fake_load_dataset(**kw):
+        calls.update(kw)
+        return [{"instruction": "Add 2 and 3.", "input": "", "output": "5"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    items = load_pool({"sources": [{"hub": {"path": "org/some_pool"}, "fmt": "alpaca"}]})
+    assert calls == {"path": "org/some_pool", "split": "train"}
+    assert items[0].source == "some_pool" and items[0].output == "5" and items[0].meta["id"] == "some_pool:1"
+
+    def offline(**kw):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"hub:org/some_pool\[train\]: could not load the dataset"):
+        load_pool({"sources": [{"hub": {"path": "org/some_pool"}, "fmt": "alpaca"}]})

@@ -16,7 +16,11 @@ def manual_logprob(model, tok, ctx, cont):
 
 
 def test_scores_match_plain_forward_and_are_padding_invariant(tiny_model, tiny_tokenizer):
-    pairs = [("Question: what?\nAnswer:", " a long answer here"), ("Q", " b"), ("Some much longer context " * 3, " yes")]
+    pairs = [
+        ("Question: what?\nAnswer:", " a long answer here"),
+        ("Q", " b"),
+        ("Some much longer context " * 3, " yes"),
+    ]
     batched = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=3)
     single = [score_continuations(tiny_model, tiny_tokenizer, [p], batch_size=1)[0] for p in pairs]
     for (ctx, cont), b, s in zip(pairs, batched, single):

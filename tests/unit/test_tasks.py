@@ -142,16 +142,23 @@ def test_hub_boolq_schema_matches_superglue():
 
 
 def test_hub_arc_schema_matches_ai2():
-    ai2 = {"id": "X1", "question": {"stem": "Q?", "choices": [{"text": "a", "label": "A"}, {"text": "b", "label": "B"}]},
-           "answerKey": "B"}
+    ai2 = {
+        "id": "X1",
+        "question": {"stem": "Q?", "choices": [{"text": "a", "label": "A"}, {"text": "b", "label": "B"}]},
+        "answerKey": "B",
+    }
     hf = {"id": "X1", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}
     assert N.arc_ai2(ai2, "arc_c", 0) == N.arc_hf(hf, "arc_c", 0)
 
 
 def test_arc_llm_adapters_parsing():
-    row = {"instruction": "Please choose the correct answer to the question: Which is hot?\n\nAnswer1: ice "
-           "Answer2: fire Answer3: snow Answer4: water\n\nAnswer format: answer1/answer2/answer3/answer4",
-           "input": "", "output": "the correct answer is answer2", "answer": "answer2"}
+    row = {
+        "instruction": "Please choose the correct answer to the question: Which is hot?\n\nAnswer1: ice "
+        "Answer2: fire Answer3: snow Answer4: water\n\nAnswer format: answer1/answer2/answer3/answer4",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    }
     ex = N.arc_llm_adapters(row, "arc_c", 0)
     assert ex.question == "Which is hot?"
     assert ex.choices == ("ice", "fire", "snow", "water")

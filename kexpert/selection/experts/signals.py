@@ -72,7 +72,8 @@ class SignalConfig:
     def __post_init__(self) -> None:
         if self.accuracy_mode not in (None, "generate", "loglikelihood"):
             raise ConfigError(
-                f"expert_selection.signals.accuracy_mode: expected generate|loglikelihood|null, got {self.accuracy_mode!r}"
+                "expert_selection.signals.accuracy_mode: expected generate|loglikelihood|null, "
+                f"got {self.accuracy_mode!r}"
             )
         if self.batch_size < 1:
             raise ConfigError("expert_selection.signals.batch_size must be >= 1")
@@ -138,9 +139,19 @@ class BankScorer:
             or ``None`` to use the base model.
     """
 
-    def __init__(self, task: Task, kshot: list[Example], bank: Bank, model_loader: Callable[[], tuple[Any, Any]],
-                 prompt_format: PromptFormat, base_identity: str, config: SignalConfig, cache_dir: str | Path,
-                 data_dir: str | None = None, rationale_loader: Callable[[], tuple] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        kshot: list[Example],
+        bank: Bank,
+        model_loader: Callable[[], tuple[Any, Any]],
+        prompt_format: PromptFormat,
+        base_identity: str,
+        config: SignalConfig,
+        cache_dir: str | Path,
+        data_dir: str | None = None,
+        rationale_loader: Callable[[], tuple] | None = None,
+    ) -> None:
         self.task, self.kshot, self.bank = task, kshot, bank
         self.pf, self.base_identity, self.cfg = prompt_format, base_identity, config
         self.cache_dir, self.data_dir = Path(cache_dir), data_dir
@@ -169,21 +180,34 @@ class BankScorer:
             model = _NoAdapter(model)
         return model, tok, self.pf, f"{self.base_identity} (base, no adapter)"
 
+    @property
+    def computed_rationales(self) -> list[dict[str, Any]] | None:
+        """The rationale rows if reasoning perplexity needed them, else ``None``."""
+        return self._rationales
+
     def rationales(self) -> list[dict[str, Any]]:
         """One rationale row per K-shot item (see :mod:`kexpert.selection.experts.rationales`)."""
         if self._rationales is None:
             loader = self._rationale_loader or self._base_generator
-            self._rationales = kshot_rationales(self.cfg.rationale, self.task, self.kshot, self.cache_dir,
-                                                self.data_dir, loader)
+            self._rationales = kshot_rationales(
+                self.cfg.rationale, self.task, self.kshot, self.cache_dir, self.data_dir, loader
+            )
         return self._rationales
 
     # ------------------------------------------------------------------ cache
-    def _key(self, entry_id: str, signal: str, examples_tag: str, ids: list[str]) -> str:
-        setting: dict[str, Any] = {"entry": entry_id, "base": self.base_identity, "task": self.task.name,
-                                   "ids": ids, "signal": signal, "pf": vars(self.pf), "max_length": self.cfg.max_length,
-                                   "examples": examples_tag}
+    def _key(self, entry_id: str, signal: str, examples_tag: str, ids: list[str], mode: str) -> str:
+        setting: dict[str, Any] = {
+            "entry": entry_id,
+            "base": self.base_identity,
+            "task": self.task.name,
+            "ids": ids,
+            "signal": signal,
+            "pf": vars(self.pf),
+            "max_length": self.cfg.max_length,
+            "examples": examples_tag,
+        }
         if signal in ("accuracy", "eval_accuracy"):
-            setting["mode"] = self.cfg.accuracy_mode or self.task.eval_mode
+            setting["mode"] = mode
             setting["prompt"] = [self.task.prompt_template, self.task.gen_prompt_template, self.task.max_new_tokens]
         elif signal == "ppl":
             setting["target"] = self.task.target_template
@@ -193,7 +217,13 @@ class BankScorer:
         return sha1_of(setting)
 
     def _cache_path(self, signal: str, name: str, key: str) -> Path:
-        return self.cache_dir / "expert_signals" / self.task.name / signal / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}-{key}.json"
+        return (
+            self.cache_dir
+            / "expert_signals"
+            / self.task.name
+            / signal
+            / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}-{key}.json"
+        )
 
     def _entry_id(self, name: str) -> str:
         return f"base:{self.base_identity}" if name == BASE else self.bank[name].sha256
@@ -208,17 +238,26 @@ class BankScorer:
         """
         return self._compute(signal, names, self.kshot, "kshot")
 
-    def eval_accuracy(self, names: Sequence[str], examples: list[Example]) -> dict[str, dict[str, Any]]:
-        """Accuracy of each entry on evaluation items (the oracle / Source Best and the signal study)."""
-        return self._compute("eval_accuracy", names, examples, "eval")
+    def eval_accuracy(self, names: Sequence[str], examples: list[Example], mode: str | None = None) -> dict[str, dict]:
+        """Accuracy of each entry on evaluation items (the oracle / Source Best and the signal study).
 
-    def _compute(self, signal: str, names: Sequence[str], examples: list[Example], tag: str) -> dict[str, dict]:
+        Args:
+            names: Entry names.
+            examples: Evaluation items.
+            mode: ``generate`` / ``loglikelihood``; default the task's eval mode (how the task is reported).
+        """
+        return self._compute("eval_accuracy", names, examples, "eval", mode or self.task.eval_mode)
+
+    def _compute(
+        self, signal: str, names: Sequence[str], examples: list[Example], tag: str, mode: str | None = None
+    ) -> dict[str, dict]:
         if signal not in (*SIGNALS, "eval_accuracy"):
             raise ConfigError(f"unknown signal {signal!r} (expected one of {list(SIGNALS)})")
         ids = [ex.id for ex in examples]
         out: dict[str, dict[str, Any]] = {}
         todo: list[str] = []
-        keys = {n: self._key(self._entry_id(n), signal, tag, ids) for n in names}
+        mode = mode or self.cfg.accuracy_mode or self.task.eval_mode
+        keys = {n: self._key(self._entry_id(n), signal, tag, ids, mode) for n in names}
         for n in names:
             path = self._cache_path(signal, n, keys[n])
             if self.cfg.cache and path.exists():
@@ -228,7 +267,7 @@ class BankScorer:
         if todo:
             start = time.perf_counter()
             if signal in ("accuracy", "eval_accuracy"):
-                fresh = self._accuracy(todo, examples)
+                fresh = self._accuracy(todo, examples, mode)
             else:
                 fresh = self._perplexity(todo, signal)
             self.timings[signal] = self.timings.get(signal, 0.0) + time.perf_counter() - start
@@ -238,8 +277,7 @@ class BankScorer:
                 out[n] = value
         return {n: out[n] for n in names}
 
-    def _accuracy(self, names: list[str], examples: list[Example]) -> dict[str, dict[str, Any]]:
-        mode = self.cfg.accuracy_mode or self.task.eval_mode
+    def _accuracy(self, names: list[str], examples: list[Example], mode: str) -> dict[str, dict[str, Any]]:
         model = self.peft_model()
         tok = self.base()[1]
         out = {}
@@ -249,13 +287,19 @@ class BankScorer:
                 with model.disable_adapter():
                     res = evaluate(self.task, model, tok, self.pf, examples=examples, **kwargs)
             elif mode == "loglikelihood":
-                res = evaluate(self.task, model, tok, self.pf, examples=examples, adapter_name=adapter_name(n), **kwargs)
+                res = evaluate(
+                    self.task, model, tok, self.pf, examples=examples, adapter_name=adapter_name(n), **kwargs
+                )
             else:
                 model.set_adapter(adapter_name(n))
                 res = evaluate(self.task, model, tok, self.pf, examples=examples, **kwargs)
             m = res.metrics
-            out[n] = {"value": float(m[m["primary_metric"]]), "per_example": [bool(p["correct"]) for p in res.predictions],
-                      "mode": mode, "parsed_fraction": m.get("parsed_fraction")}
+            out[n] = {
+                "value": float(m[m["primary_metric"]]),
+                "per_example": [bool(p["correct"]) for p in res.predictions],
+                "mode": mode,
+                "parsed_fraction": m.get("parsed_fraction"),
+            }
         return out
 
     def pairs(self, signal: str) -> list[tuple[str, str]]:
@@ -264,9 +308,13 @@ class BankScorer:
         if signal == "ppl":
             responses = [self.task.target(ex) for ex in self.kshot]
         else:
-            responses = [self.task.rationale_response(ex, r["rationale"]) for ex, r in zip(self.kshot, self.rationales())]
-        return [(self.pf.render(self.task.prompt(ex, fewshot=False), tok), self.pf.response(resp))
-                for ex, resp in zip(self.kshot, responses)]
+            responses = [
+                self.task.rationale_response(ex, r["rationale"]) for ex, r in zip(self.kshot, self.rationales())
+            ]
+        return [
+            (self.pf.render(self.task.prompt(ex, fewshot=False), tok), self.pf.response(resp))
+            for ex, resp in zip(self.kshot, responses)
+        ]
 
     def _perplexity(self, names: list[str], signal: str) -> dict[str, dict[str, Any]]:
         pairs = self.pairs(signal)
@@ -277,16 +325,24 @@ class BankScorer:
         for group in groups:
             all_pairs = [p for _ in group for p in pairs]
             adapters = [BASE if n == BASE else adapter_name(n) for n in group for _ in pairs]
-            scores = score_continuations(model, tok, all_pairs, batch_size=self.cfg.batch_size,
-                                         max_length=self.cfg.max_length, adapter_names=adapters,
-                                         progress=f"{self.task.name} {signal} ({len(group)} adapters)"
-                                         if self.cfg.progress else False)
+            scores = score_continuations(
+                model,
+                tok,
+                all_pairs,
+                batch_size=self.cfg.batch_size,
+                max_length=self.cfg.max_length,
+                adapter_names=adapters,
+                progress=f"{self.task.name} {signal} ({len(group)} adapters)" if self.cfg.progress else False,
+            )
             for i, n in enumerate(group):
                 chunk = scores[i * len(pairs) : (i + 1) * len(pairs)]
                 ppls = [s.perplexity for s in chunk]
-                out[n] = {"value": float(np.mean(ppls)), "per_example": ppls,
-                          "mean_nll": float(np.mean([s.mean_nll for s in chunk])),
-                          "num_tokens": [s.num_tokens for s in chunk]}
+                out[n] = {
+                    "value": float(np.mean(ppls)),
+                    "per_example": ppls,
+                    "mean_nll": float(np.mean([s.mean_nll for s in chunk])),
+                    "num_tokens": [s.num_tokens for s in chunk],
+                }
         return out
 
 
