@@ -24,7 +24,7 @@ def group_options():
 
 def primary_for(group: str) -> tuple[str, bool]:
     """A primary config that lists this group in its defaults (else eval with '+group=')."""
-    for name in PRIMARY:
+    for name in ["train", *PRIMARY]:
         text = (CONF / f"{name}.yaml").read_text()
         if f"- {group}:" in text or f"- optional {group}:" in text or f"- override /{group}:" in text:
             return name, True
@@ -44,7 +44,8 @@ def test_option_composes(group, option, tmp_path, fixture_data_dir):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=primary, overrides=[override], return_hydra_config=True)
     assert cfg is not None
-    node = cfg if group == "launcher" else cfg.get(group)
+    is_global = (CONF / group / f"{option}.yaml").read_text().startswith("# @package _global_")
+    node = cfg if is_global else cfg.get(group)
     assert node is not None
     # every _target_ anywhere in the option must be importable
     container = OmegaConf.to_container(node, resolve=False)
