@@ -11,7 +11,7 @@ DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/multiruns/demo/$(DEMO_STAMP)
 
 # test-slow/test-all: see below
-.PHONY: help venv demo demo-eval test test-slow test-all lint format clean clean-outputs
+.PHONY: help venv demo demo-eval bank bank-card report test test-slow test-all lint format clean clean-outputs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,15 @@ demo: venv ## the whole pipeline on the embedded default (SmolLM2-135M, CPU, ~30
 demo-eval: venv ## evaluate the default base model on a small slice of every task and print a table
 	KEXPERT_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) eval.py -m \
 	  task=arc_c,arc_e,piqa,boolq,gsm8k,mbpp eval.limit=$(DEMO_LIMIT) eval.progress=false sweep_name=demo_eval
+
+bank: venv ## build (or finish) the CPU LoRA bank for SmolLM2-135M (~15-30 min on 2 cores)
+	KEXPERT_DATA_DIR=$(DATA_DIR) $(PY) bank.py bank=smollm2_cpu base_model=smollm2_135m
+
+bank-card: venv ## evaluate every bank LoRA and the base model on every task (experiments/bank/)
+	KEXPERT_DATA_DIR=$(DATA_DIR) $(PY) -m kexpert.bank.card bank=smollm2_cpu base_model=smollm2_135m
+
+report: venv ## tables + plots of a sweep: make report SWEEP=outputs/multiruns/<name>/<time>
+	$(PY) -m kexpert.report $(SWEEP)
 
 test: venv ## the test suite (offline, CPU, no slow tests)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)

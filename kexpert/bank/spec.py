@@ -41,7 +41,7 @@ def base_model_shapes(base_spec) -> dict[str, tuple[int, int]]:
         return _module_shapes(model)
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source, kwargs = base_spec._resolve_source()
+    source, kwargs = base_spec.resolve_source()
     config = AutoConfig.from_pretrained(source, trust_remote_code=base_spec.trust_remote_code, **kwargs)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=base_spec.trust_remote_code)

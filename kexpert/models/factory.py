@@ -173,10 +173,11 @@ class BaseModelSpec:
             kwargs = dict(self.tiny)
             model = tiny_mod.build_tiny_llama(vocab_size=len(tok), **kwargs)
             return model.to(self.torch_device()), tok
-        source, kwargs = self._resolve_source()
+        source, kwargs = self.resolve_source()
         return self._from_pretrained(source, kwargs, tokenizer_only)
 
-    def _resolve_source(self) -> tuple[str, dict[str, Any]]:
+    def resolve_source(self) -> tuple[str, dict[str, Any]]:
+        """Where the weights load from: ``(path or hub id, extra from_pretrained kwargs)`` (hub, cache or GGUF)."""
         if self.path:
             p = Path(self.path).expanduser()
             if not p.exists():

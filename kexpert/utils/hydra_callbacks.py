@@ -49,6 +49,8 @@ class MultirunSummary(Callback):
         if sweep_dir.exists():
             (sweep_dir / "summary.md").write_text(table + "\n")
         print(f"\nResults ({sweep_dir}):\n{table}\n")
+        if config.hydra.job.config_name == "train":
+            print(f"tables and plots: python -m kexpert.report {sweep_dir}")
 
 
 class ValidateSweep(Callback):
