@@ -11,7 +11,7 @@ DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/multiruns/demo/$(DEMO_STAMP)
 
 # test-slow/test-all: see below
-.PHONY: help venv demo demo-eval bank bank-card report test test-slow test-all lint format clean clean-outputs
+.PHONY: help venv demo demo-eval bank bank-card select-data report test test-slow test-all lint format clean clean-outputs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bank: venv ## build (or finish) the CPU LoRA bank for SmolLM2-135M (~15-30 min o
 
 bank-card: venv ## evaluate every bank LoRA and the base model on every task (experiments/bank/)
 	KEXPERT_DATA_DIR=$(DATA_DIR) $(PY) -m kexpert.bank.card bank=smollm2_cpu base_model=smollm2_135m
+
+select-data: venv ## Sim-Div data selection for every task on the real pools (offline MiniLM)
+	KEXPERT_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(PY) select_data.py -m task=arc_c,arc_e,boolq,piqa,gsm8k,mbpp embedding.progress=false
 
 report: venv ## tables + plots of a sweep: make report SWEEP=outputs/multiruns/<name>/<time>
 	$(PY) -m kexpert.report $(SWEEP)

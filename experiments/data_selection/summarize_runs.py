@@ -17,13 +17,21 @@ def row(stats: dict) -> str:
     sel = stats["selection"]
     sim = stats["similarity"]
     top = ", ".join(f"{k} {v}" for k, v in list(stats["selected_by_source"].items())[:3])
-    return (
-        f"| {stats['task']} | {stats['pool']} | {stats['pool_size']:,} | {dec.get('dropped_ngram', 0)} / "
-        f"{dec.get('dropped_embedding', 0)} | {stats['pool_after_decontamination']:,} | {stats['candidates']:,} | "
-        f"{sel.get('near_duplicate_pairs', 0):,} | {stats['kept_after_dedup']:,} | "
-        f"{stats['selected_total_with_kshot']:,} | {sim['candidates'].get('min', float('nan')):.3f} / "
-        f"{sim['selected'].get('median', float('nan')):.3f} / {sim['selected'].get('max', float('nan')):.3f} | {top} |"
-    )
+    dropped = f"{dec.get('dropped_total', 0)} ({dec.get('dropped_ngram', 0)} / {dec.get('dropped_embedding', 0)})"
+    cells = [
+        stats["task"],
+        stats["pool"],
+        f"{stats['pool_size']:,}",
+        dropped,
+        f"{stats['pool_after_decontamination']:,}",
+        f"{stats['candidates']:,}",
+        f"{sel.get('near_duplicate_pairs', 0):,}",
+        f"{stats['kept_after_dedup']:,}",
+        f"{stats['selected_total_with_kshot']:,}",
+        f"{sim['candidates']['min']:.3f} / {sim['selected']['median']:.3f} / {sim['selected']['max']:.3f}",
+        top,
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -32,7 +40,7 @@ def main() -> None:
     ap.add_argument("--copy-to", type=Path, help="copy stats.json and similarity_hist.png to <dir>/<task>/")
     args = ap.parse_args()
     print(
-        "| task | pool | pool size | decontaminated (n-gram / embedding) | after | C | close pairs | kept "
+        "| task | pool | pool size | decontaminated (n-gram / embedding hits) | after | C | close pairs | kept "
         "| + K-shot | sim: C-th / median / max | top sources |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -45,6 +45,9 @@ class MultirunSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.hydra.job.config_name == "select_data":
+            print(f"\nper-task statistics: python experiments/data_selection/summarize_runs.py {sweep_dir}")
+            return
         table = summarize_runs(sweep_dir)
         if sweep_dir.exists():
             (sweep_dir / "summary.md").write_text(table + "\n")

@@ -146,18 +146,18 @@ class SentenceTransformerEncoder(Encoder):
 
     def _load(self) -> Any:
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
             src, name = self._source()
             device = _resolve_device(self.device)
+            if self.dtype == "float16" and device == "cpu":
+                raise ConfigError("encoder.dtype=float16 needs a GPU (device cpu)")
+            from sentence_transformers import SentenceTransformer
+
             try:
                 model = SentenceTransformer(src, device=device)
             except Exception as e:  # offline without the weights, bad path: one clear line
                 raise ConfigError(f"encoder: could not load sentence-transformers model {name} ({e})") from e
             model.max_seq_length = self.max_seq_length
             if self.dtype == "float16":
-                if device == "cpu":
-                    raise ConfigError("encoder.dtype=float16 needs a GPU (device cpu)")
                 model.half()
             self._model = model
             log.info("encoder %s loaded on %s", name, device)
