@@ -16,6 +16,25 @@ CHATML_TEMPLATE = (
 )
 
 
+TINY_CONFIG: dict[str, int] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "seed": 0,
+}
+"""The tiny LLaMA of ``conf/base_model/tiny.yaml``, for code that builds a spec without Hydra (tests, scripts)."""
+
+
+def tiny_spec(**overrides):
+    """A :class:`~kexpert.models.factory.BaseModelSpec` of the tiny model (fp32, CPU)."""
+    from kexpert.models.factory import BaseModelSpec
+
+    kwargs = {"name": "tiny", "dtype": "float32", "device": "cpu", "tiny": dict(TINY_CONFIG), **overrides}
+    return BaseModelSpec(**kwargs)
+
+
 def build_byte_tokenizer():
     """A ``PreTrainedTokenizerFast`` over raw bytes with SmolLM2-like special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -9,23 +9,11 @@ from omegaconf import OmegaConf
 
 from kexpert.bank.manifest import read_manifest
 from kexpert.data.records import Instruction
-from kexpert.models.factory import BaseModelSpec
+from kexpert.models.tiny import tiny_spec
 from kexpert.pipeline.train_moe import train_moe
 
 out_dir, bank_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-spec = BaseModelSpec(
-    name="tiny",
-    dtype="float32",
-    device="cpu",
-    tiny={
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 64,
-        "seed": 0,
-    },
-)
+spec = tiny_spec()
 bank = read_manifest(bank_dir)
 experts = [(e.name, str(e.path)) for e in bank.entries[:2]]
 # 8 items of identical token length: one optimizer step sees all of them whether on 1 or 2 processes.

@@ -15,21 +15,9 @@ SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     from kexpert.bank.testing import make_random_bank
-    from kexpert.models.factory import BaseModelSpec
+    from kexpert.models.tiny import tiny_spec
 
-    spec = BaseModelSpec(
-        name="tiny",
-        dtype="float32",
-        device="cpu",
-        tiny={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-            "seed": 0,
-        },
-    )
+    spec = tiny_spec()
     make_random_bank(spec, tmp_path / "bank", n=2, rank=4)
     env = {
         **os.environ,

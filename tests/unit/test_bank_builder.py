@@ -11,16 +11,10 @@ from kexpert.bank.build import BankBuildSpec, DatasetSpec, entry_seed
 from kexpert.bank.decontam import EvalIndex
 from kexpert.data.records import Example, Instruction
 from kexpert.models.factory import BaseModelSpec
+from kexpert.models.tiny import TINY_CONFIG
 from kexpert.utils.errors import ConfigError, DataError
 
-TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "seed": 0,
-}
+TINY = dict(TINY_CONFIG)
 TRAINER = {
     "_target_": "lightning.pytorch.Trainer",
     "accelerator": "cpu",

@@ -13,16 +13,10 @@ from kexpert.bank.spec import BankSpec, validate_bank
 from kexpert.bank.testing import make_random_bank
 from kexpert.bank.validate import entry_from_adapter, validate_entry
 from kexpert.models.factory import BaseModelSpec
+from kexpert.models.tiny import TINY_CONFIG
 from kexpert.utils.errors import ConfigError, DataError
 
-TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "seed": 0,
-}
+TINY = dict(TINY_CONFIG)
 
 
 def _spec(**changes) -> BaseModelSpec:
