@@ -2,16 +2,18 @@
 
 Each pipeline stage writes its artifact into ``<cache_dir>/stages/<stage>/<key>/`` where ``key`` is a hash
 of exactly the inputs that determine it (a resolved config subtree plus upstream artifact keys). The
-directory is built under a temporary name and renamed into place only when the stage function returns, so
-a crashed stage leaves nothing a later run would trust. A sweep over, say, ``moe.top_k`` hashes to the same
+directory is built under ``.<key>.partial`` and renamed into place only when the stage function returns, so
+a crashed stage leaves nothing a later run would trust, while a re-run of the same stage resumes from the partial
+work (the MoE trainer continues from its last checkpoint there). A file lock serialises jobs that build the same
+artifact concurrently (joblib / SLURM sweeps): the second waits and reuses the first's result. A sweep over, say, ``moe.top_k`` hashes to the same
 selection keys and reuses them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,26 +86,19 @@ class StageCache:
         key = self.key_of(inputs)
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-        start = time.perf_counter()
-        try:
-            fn(tmp)
+        work = final.parent / f".{key}.partial"
+        with open(final.parent / f".{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent job building the same artifact: wait, then reuse it
+            hit = self.lookup(stage, inputs)
+            if hit is not None:
+                return hit
+            work.mkdir(exist_ok=True)  # kept after a crash: a re-run resumes from it (e.g. training checkpoints)
+            start = time.perf_counter()
+            fn(work)
             wall = time.perf_counter() - start
-            write_json(
-                tmp / MANIFEST,
-                {
-                    "stage": stage,
-                    "key": key,
-                    "inputs": inputs,
-                    "wall_s": round(wall, 3),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                },
-            )
-            if final.exists():  # a concurrent job finished first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_json(work / MANIFEST, {"stage": stage, "key": key, "inputs": inputs, "wall_s": round(wall, 3),
+                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(work, final)
         return StageArtifact(stage, key, final, False, wall)

@@ -30,9 +30,17 @@ def test_crashed_stage_leaves_nothing_trusted(tmp_path):
     with pytest.raises(RuntimeError):
         cache.run("s", {"k": 1}, boom)
     assert cache.lookup("s", {"k": 1}) is None
-    assert not any((tmp_path / "stages" / "s").iterdir())
-    art = cache.run("s", {"k": 1}, lambda d: (d / "ok.txt").write_text("ok"))
-    assert not art.reused and (art.path / "ok.txt").exists()
+    assert not cache.path("s", StageCache.key_of({"k": 1})).exists()
+
+    seen = []
+
+    def resume(d):
+        seen.append((d / "half.txt").read_text())  # the partial work of the crashed attempt is handed back
+        (d / "ok.txt").write_text("ok")
+
+    art = cache.run("s", {"k": 1}, resume)
+    assert seen == ["partial"] and not art.reused and (art.path / "ok.txt").exists()
+    assert not list((tmp_path / "stages" / "s").glob(".*.partial"))
 
 
 def test_disabled_cache_recomputes(tmp_path):
