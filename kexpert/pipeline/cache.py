@@ -5,8 +5,8 @@ of exactly the inputs that determine it (a resolved config subtree plus upstream
 directory is built under ``.<key>.partial`` and renamed into place only when the stage function returns, so
 a crashed stage leaves nothing a later run would trust, while a re-run of the same stage resumes from the partial
 work (the MoE trainer continues from its last checkpoint there). A file lock serialises jobs that build the same
-artifact concurrently (joblib / SLURM sweeps): the second waits and reuses the first's result. A sweep over, say, ``moe.top_k`` hashes to the same
-selection keys and reuses them.
+artifact concurrently (joblib / SLURM sweeps): the second waits and reuses the first's result. A sweep over,
+say, ``moe.top_k`` hashes to the same selection keys and reuses them.
 """
 
 from __future__ import annotations
