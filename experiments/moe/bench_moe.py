@@ -14,6 +14,8 @@ all tokens), then greedy generation with the KV cache (batch 1, 64 new tokens) a
 tokens/s. ``layer`` mode times one 7B-shaped layer (4096 x 4096, bf16 on a GPU).
 
     python experiments/moe/bench_moe.py all --rounds 2 --out experiments/moe/results/bench_cpu.json
+    python experiments/moe/bench_moe.py interleaved --rounds 4 --new-tokens 32 \
+        --out experiments/moe/results/bench_cpu_interleaved.json
     python experiments/moe/bench_moe.py gen --rounds 2 --new-tokens 32 --gen-repeats 2 \
         --out experiments/moe/results/gen_cpu.json
     python experiments/moe/bench_moe.py layer --device cuda --dtype bfloat16     # needs a GPU
@@ -173,6 +175,90 @@ def child(args) -> dict:
         "gen_s": [round(x, 3) for x in gen_times],
         "loadavg_end": os.getloadavg(),
     }
+
+
+def interleaved(args) -> None:
+    """Every variant in one process, one training step (then one generation) each, round-robin: on a shared CPU
+    whose load drifts, the variants see the same contention and the per-round ratios are paired."""
+    torch.manual_seed(0)
+    models = {v: build(v, args.rank, args.experts, args.top_k) for v in args.variants}
+    tok = next(iter(models.values()))[1]
+    opts = {
+        v: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for v, (m, _) in models.items()
+    }
+    ids = torch.randint(3, len(tok), (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    enc = tok([PROMPT], return_tensors="pt")
+    steps: dict[str, list[float]] = {v: [] for v in args.variants}
+    gens: dict[str, dict[int, list[float]]] = {v: {1: [], 2: []} for v in args.variants}
+    for rnd in range(args.warmup + args.rounds):
+        for v, (model, _) in models.items():
+            torch.set_num_threads(args.threads)
+            model.train()
+            t = time.perf_counter()
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.backward()
+            opts[v].step()
+            opts[v].zero_grad(set_to_none=True)
+            if rnd >= args.warmup:
+                steps[v].append(time.perf_counter() - t)
+            model.eval()
+            with torch.no_grad():
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    t = time.perf_counter()
+                    model.generate(
+                        **enc,
+                        max_new_tokens=args.new_tokens,
+                        min_new_tokens=args.new_tokens,
+                        do_sample=False,
+                        use_cache=True,
+                        pad_token_id=tok.pad_token_id,
+                    )
+                    if rnd >= args.warmup:
+                        gens[v][threads].append(args.new_tokens / (time.perf_counter() - t))
+        print(
+            json.dumps(
+                {
+                    "round": rnd,
+                    "loadavg": os.getloadavg(),
+                    "step_s": {v: round(x[-1], 2) for v, x in steps.items() if x},
+                }
+            ),
+            flush=True,
+        )
+    ref = "lora"
+    summary = {}
+    for v in args.variants:
+        paired = [a / b for a, b in zip(steps[v], steps[ref])]
+        summary[v] = {
+            "step_s_median": round(statistics.median(steps[v]), 2),
+            "step_s": [round(x, 2) for x in steps[v]],
+            "time_vs_lora_paired_median": round(statistics.median(paired), 3),
+            "time_vs_lora_paired": [round(x, 3) for x in paired],
+            "gen_tok_per_s_t1_median": round(statistics.median(gens[v][1]), 2),
+            "gen_tok_per_s_t2_median": round(statistics.median(gens[v][2]), 2),
+            "gen_vs_lora_t1": round(statistics.median(gens[v][1]) / statistics.median(gens[ref][1]), 3),
+            "gen_vs_lora_t2": round(statistics.median(gens[v][2]) / statistics.median(gens[ref][2]), 3),
+        }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "meta": {
+                    "batch": args.batch,
+                    "seq": args.seq,
+                    "threads": args.threads,
+                    "rounds": args.rounds,
+                    "new_tokens": args.new_tokens,
+                },
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
+    os.replace(tmp, out)
+    print(json.dumps(summary, indent=2))
 
 
 def gen_child(args) -> dict:
@@ -389,7 +475,7 @@ def common_flags(args) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["all", "child", "gen", "gen-child", "layer"])
+    p.add_argument("mode", choices=["all", "child", "interleaved", "gen", "gen-child", "layer"])
     p.add_argument("--variant", choices=VARIANTS)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=1)
@@ -410,6 +496,8 @@ def main() -> None:
     args = p.parse_args()
     if args.mode == "child":
         print(json.dumps(child(args)))
+    elif args.mode == "interleaved":
+        interleaved(args)
     elif args.mode == "gen-child":
         print(json.dumps(gen_child(args)))
     elif args.mode == "gen":

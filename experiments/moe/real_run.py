@@ -3,8 +3,9 @@ export to one plain LoRA cost?
 
 Four experts from the CPU bank (``python bank.py bank=smollm2_cpu``) are mixed into a top-2 LoRA-MoE, fine-tuned on
 a K-shot of the task (``train_moe``, conf/moe + conf/optim + conf/trainer/cpu), and scored with the evaluator on a
-fixed subset of the task's eval split. Stages are cached as JSON under ``--out`` so the script can be re-run after
-an interruption:
+fixed subset of the task's eval split. Stages are cached as JSON under ``--out`` (small files, in the repo) and the
+heavy artifacts (training checkpoints, MoE checkpoints, exported adapters) under ``--work`` (outside the repo), so
+the script can be re-run after an interruption:
 
 * ``base``: the base model;
 * ``init_<router_init>``: the MoE right after router initialisation (no training), for ``default`` and
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -97,9 +99,11 @@ def main() -> None:
     p.add_argument("--export-rank", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "moe" / "results" / "real_arc_e")
+    p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "kexpert" / "moe_real_run" / "arc_e")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     bank = read_manifest(args.bank)
     experts = [bank[name] for name in args.experts]
     cfg = compose_cfg(args, "default")
@@ -126,7 +130,7 @@ def main() -> None:
             results[f"init_{init}"] = {**score(f"init_{init}", args, task, model.eval(), tok, pf, examples), **info}
             write_json(args.out / f"init_{init}.json", results[f"init_{init}"])
         results[f"init_{init}"] = json.loads((args.out / f"init_{init}.json").read_text())
-        run_dir = args.out / f"run_{init}"
+        run_dir = args.work / f"run_{init}"
         if not (run_dir / "moe").exists():
             train_moe(
                 cfg.moe,
@@ -145,6 +149,11 @@ def main() -> None:
             )
         model, tok = load_expert(run_dir / "moe")
         train_metrics = json.loads((run_dir / "metrics.json").read_text())
+        write_json(args.out / f"train_{init}.json", {k: v for k, v in train_metrics.items() if k != "provenance"})
+        csv_logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
+        if csv_logs:  # the per-step training curve (train/loss, router/entropy, router/load_*)
+            (args.out / f"train_{init}_log").mkdir(exist_ok=True)
+            shutil.copyfile(csv_logs[-1], args.out / f"train_{init}_log" / "metrics.csv")
         results[f"trained_{init}"] = {
             **score(f"trained_{init}", args, task, model, tok, pf, examples),
             "train_loss": train_metrics["train/loss"],
@@ -170,7 +179,7 @@ def main() -> None:
                     model,
                     tok,
                     calib,
-                    args.out / name,
+                    args.work / name,
                     rank=args.export_rank,
                     method=method,
                     base_model_name_or_path=base_spec.identity,

@@ -186,40 +186,45 @@ def test_mixlora_random_experts(tiny_model, tiny_tokenizer):
         )
 
 
-def _router_agreement(model, tok, layers) -> float:
-    """Share of tokens whose router top-1 is the expert with the strongest response (base hidden states)."""
+def _router_agreement(model, tok, layers, center_experts: bool) -> float:
+    """Share of K-shot tokens whose router top-1 is the expert with the largest (centred) log-response."""
     from kexpert.models.components.router_init import expert_log_responses, experts_disabled
 
-    hits, total = 0, 0
     enc = tok(TEXTS, return_tensors="pt", padding=True)
     mask = enc["attention_mask"].bool()
-
-    def hook(module, args):
-        nonlocal hits, total
-        x = args[0][mask]  # real tokens only
-        best = expert_log_responses(module, x, 1e-6).argmax(-1)
-        hits += int((module.router(x).indices[:, 0] == best).sum())
-        total += x.shape[0]
-
-    handles = [layer.register_forward_pre_hook(hook) for layer in layers.values()]
+    inputs = {}
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0][mask]))
+        for p, layer in layers.items()
+    ]
     with torch.no_grad(), experts_disabled(layers):
         model(**enc)
     for h in handles:
         h.remove()
+    hits = total = 0
+    with torch.no_grad():
+        for p, layer in layers.items():
+            t = expert_log_responses(layer, inputs[p], 1e-6)  # (n, N)
+            if center_experts:
+                t = t - t.mean(dim=0, keepdim=True)
+            hits += int((layer.router(inputs[p]).indices[:, 0] == t.argmax(-1)).sum())
+            total += t.shape[0]
     return hits / total
 
 
-def test_kshot_stats_router_init_routes_to_the_strongest_expert(tiny_model, tiny_tokenizer, tiny_bank):
+@pytest.mark.parametrize("center_experts", [True, False])
+def test_kshot_stats_router_init_routes_to_the_strongest_expert(tiny_model, tiny_tokenizer, tiny_bank, center_experts):
     inj = inject_lora_moe(tiny_model, LoRAMoESpec(num_experts=4, top_k=1), tiny_bank)
     tiny_model.eval()
-    default_agreement = _router_agreement(tiny_model, tiny_tokenizer, inj.layers)
+    default_agreement = _router_agreement(tiny_model, tiny_tokenizer, inj.layers, center_experts)
     before = {p: layer.router.gate.weight.detach().clone() for p, layer in inj.layers.items()}
     batches = [tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)]
-    summary = KShotStatsRouterInit(ridge=0.01, progress=False)(tiny_model, inj.layers, batches)
+    init = KShotStatsRouterInit(ridge=0.01, center_experts=center_experts, progress=False)
+    summary = init(tiny_model, inj.layers, batches)
     assert summary["router_init"] == "kshot_stats" and summary["tokens"] > 0
     assert 0.0 < summary["explained_min"] <= 1.0
     assert all(not torch.equal(before[p], layer.router.gate.weight) for p, layer in inj.layers.items())
-    fitted_agreement = _router_agreement(tiny_model, tiny_tokenizer, inj.layers)
+    fitted_agreement = _router_agreement(tiny_model, tiny_tokenizer, inj.layers, center_experts)
     assert fitted_agreement > max(0.45, default_agreement + 0.2)  # chance is 0.25
     with pytest.raises(ConfigError, match="K-shot"):
         KShotStatsRouterInit(progress=False)(tiny_model, inj.layers, None)
@@ -293,7 +298,9 @@ def test_export_mean_gate_is_the_gate_weighted_sum(tiny_model, tiny_tokenizer, t
 
     inj = inject_lora_moe(tiny_model, LoRAMoESpec(num_experts=4, top_k=2), tiny_bank)
     tiny_model.eval()
-    full = export_to_lora(tiny_model, tiny_tokenizer, TEXTS, tmp_path / "full", rank=32, progress=False)
+    full = export_to_lora(
+        tiny_model, tiny_tokenizer, TEXTS, tmp_path / "full", rank=32, method="mean_gate", progress=False
+    )
     exported = PeftModel.from_pretrained(build_tiny_llama(len(tiny_tokenizer)), str(full.out_dir))
     for path, layer in inj.layers.items():
         gates = full.layers[path]["gate_mean"]
@@ -332,3 +339,37 @@ def test_generation_with_kv_cache_matches_no_cache(tiny_model, tiny_tokenizer, t
         uncached = tiny_model.generate(**enc, use_cache=False, **kw)
     assert cached.shape[1] == enc["input_ids"].shape[1] + 12
     assert torch.equal(cached, uncached)
+
+
+def test_least_squares_export_fits_the_routed_update_better_than_mean_gate(
+    tiny_model, tiny_tokenizer, tiny_bank, tmp_path
+):
+    from safetensors.torch import load_file
+
+    inj = inject_lora_moe(tiny_model, LoRAMoESpec(num_experts=4, top_k=2), tiny_bank)
+    tiny_model.eval()
+    inputs = {}
+    enc = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].bool()
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0][mask]))
+        for p, layer in inj.layers.items()
+    ]
+    with torch.no_grad():
+        tiny_model(**enc)
+    for h in handles:
+        h.remove()
+    residual = {}
+    for method in ("mean_gate", "least_squares"):
+        rep = export_to_lora(
+            tiny_model, tiny_tokenizer, TEXTS, tmp_path / method, rank=32, method=method, ridge=1e-8, progress=False
+        )
+        tensors = load_file(str(rep.out_dir / "adapter_model.safetensors"))
+        total = 0.0
+        for p, layer in inj.layers.items():
+            dw = tensors[f"base_model.model.{p}.lora_B.weight"] @ tensors[f"base_model.model.{p}.lora_A.weight"]
+            with torch.no_grad():
+                target, _ = layer.delta(inputs[p])
+            total += float(((inputs[p] @ dw.t() - target) ** 2).sum())
+        residual[method] = total
+    assert residual["least_squares"] < residual["mean_gate"]

@@ -10,10 +10,13 @@
       W = argmin_W  sum_x ||W x - t(x)||^2 + lambda ||W||^2,   lambda = ridge * trace(X^T X) / d_in
 
   in closed form from the accumulated ``X^T X`` (d_in x d_in) and ``X^T T`` (d_in x N), in float64. Tokens of the
-  target task therefore begin routed to the experts that act on them most strongly: Arrow's "route to the
-  expert whose subspace the token lies in", but fitted on the task's own hidden states, giving a soft, calibrated
-  starting point that fine-tuning then refines. Memory is ``d_in^2`` doubles per adapted layer. With zero experts
-  (``B = 0``, the MixLoRA init) every response is equal and the fit is refused.
+  target task therefore begin routed to the experts that act on them most strongly: Arrow's "route to the expert
+  whose subspace the token lies in", but fitted on the task's own hidden states, giving a soft, calibrated starting
+  point that fine-tuning then refines. By default (``center_experts``) each expert's mean log-response over the
+  K-shot is subtracted as well, so the fit follows which tokens an expert is *unusually* aligned with rather than
+  which expert has the largest update overall (Arrow's singular vectors are unit-norm for the same reason).
+  Memory is ``d_in^2`` doubles per adapted layer. With zero experts (``B = 0``, the MixLoRA init) every response
+  is equal and the fit is refused.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class _RidgeStats:
         self.xtx = torch.zeros(d_in, d_in, dtype=torch.float64)
         self.xtt = torch.zeros(d_in, n_experts, dtype=torch.float64)
         self.ttt = torch.zeros(n_experts, n_experts, dtype=torch.float64)
+        self.xsum = torch.zeros(d_in, dtype=torch.float64)
+        self.tsum = torch.zeros(n_experts, dtype=torch.float64)
         self.tokens = 0
 
     def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
@@ -84,15 +89,26 @@ class _RidgeStats:
         self.xtx += x.t() @ x
         self.xtt += x.t() @ t
         self.ttt += t.t() @ t
+        self.xsum += x.sum(dim=0)
+        self.tsum += t.sum(dim=0)
         self.tokens += x.shape[0]
 
-    def solve(self, ridge: float) -> tuple[torch.Tensor, float]:
-        """``W (N, d_in)`` and the fraction of ``||T||^2`` it explains on the K-shot tokens."""
+    def solve(self, ridge: float, center_experts: bool) -> tuple[torch.Tensor, float]:
+        """``W (N, d_in)`` and the fraction of the targets' ``||T||^2`` it explains on the K-shot tokens.
+
+        With ``center_experts`` each expert's mean log-response over the tokens is removed from its target first
+        (``T - 1 mu^T``), so the router follows token-specific affinity, not the experts' overall scale.
+        """
         d = self.xtx.shape[0]
+        xtt, ttt = self.xtt, self.ttt
+        if center_experts:
+            mu = self.tsum / max(self.tokens, 1)  # (N,)
+            xtt = xtt - torch.outer(self.xsum, mu)
+            ttt = ttt - self.tokens * torch.outer(mu, mu)
         lam = ridge * float(torch.trace(self.xtx)) / d
-        wt = torch.linalg.solve(self.xtx + lam * torch.eye(d, dtype=torch.float64), self.xtt)  # (d_in, N)
-        total = float(torch.trace(self.ttt))
-        rss = total - 2 * float((wt * self.xtt).sum()) + float(torch.trace(wt.t() @ self.xtx @ wt))
+        wt = torch.linalg.solve(self.xtx + lam * torch.eye(d, dtype=torch.float64), xtt)  # (d_in, N)
+        total = float(torch.trace(ttt))
+        rss = total - 2 * float((wt * xtt).sum()) + float(torch.trace(wt.t() @ self.xtx @ wt))
         return wt.t().contiguous(), (1.0 - rss / total) if total > 0 else 0.0
 
 
@@ -115,6 +131,8 @@ class KShotStatsRouterInit:
     Args:
         ridge: Ridge strength relative to the mean eigenvalue of ``X^T X``.
         logit_scale: Multiplier on the fitted weights (1 keeps the natural log-response scale).
+        center_experts: Remove each expert's mean log-response over the K-shot before fitting (scale-free
+            targets); false keeps the experts' overall strength in the targets.
         eps: Added to responses before the log.
         max_batches: Use at most this many K-shot batches (``None``: all).
         progress: Show a progress bar.
@@ -126,6 +144,7 @@ class KShotStatsRouterInit:
         self,
         ridge: float = 0.1,
         logit_scale: float = 1.0,
+        center_experts: bool = True,
         eps: float = 1e-6,
         max_batches: int | None = None,
         progress: bool = True,
@@ -136,6 +155,7 @@ class KShotStatsRouterInit:
             raise ConfigError(f"moe.router_init.logit_scale: expected > 0, got {logit_scale}")
         self.ridge = ridge
         self.logit_scale = logit_scale
+        self.center_experts = center_experts
         self.eps = eps
         self.max_batches = max_batches
         self.progress = progress
@@ -195,7 +215,7 @@ class KShotStatsRouterInit:
                     f"moe.router_init=kshot_stats: every expert of {name} responds identically (all-zero experts, "
                     "e.g. moe=mixlora); use router_init=default"
                 )
-            w, frac = st.solve(self.ridge)
+            w, frac = st.solve(self.ridge, self.center_experts)
             layer.router.gate.weight.copy_((w * self.logit_scale).to(layer.router.gate.weight))
             explained.append(frac)
             tokens = st.tokens
