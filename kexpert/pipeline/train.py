@@ -32,7 +32,7 @@ from kexpert.pipeline.cache import StageArtifact, StageCache
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.instantiate import instantiate, to_container
 from kexpert.utils.io import read_json, read_jsonl, sha1_of, write_json, write_jsonl
-from kexpert.utils.loggers import build_loggers
+from kexpert.utils.loggers import build_loggers, close_loggers
 from kexpert.utils.logging import get_logger
 from kexpert.utils.provenance import provenance
 
@@ -317,8 +317,14 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns:
         ``(metrics, objects)``: metrics.json's content and the pipeline / model objects (for tests).
     """
+    loggers: list = []
+    status = "failed"
     try:
-        return _run(cfg)
+        validate_config(cfg)
+        loggers = build_loggers(cfg.get("logger"))
+        out = _run(cfg, loggers)
+        status = "success"
+        return out
     except ConfigError as e:
         if not cfg.get("skip_invalid", False):
             raise
@@ -334,15 +340,16 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         }
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         print(f"skipped: {e}")
+        status = "success"
         return metrics, {}
+    finally:
+        close_loggers(loggers, status)
 
 
-def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]]:
     t_run = time.perf_counter()
-    validate_config(cfg)
     stages = resolve_stages(cfg.get("stages", "all"))
     pipe = Pipeline(cfg)
-    loggers = build_loggers(cfg.get("logger"))
     timings: dict[str, float] = {}
     method = pipe.method
     metrics: dict[str, Any] = {
@@ -505,6 +512,5 @@ def _log_metrics(loggers: list, metrics: dict[str, Any]) -> None:
                 png = (metrics.get("routing") or {}).get("png")
                 if png and Path(png).exists():
                     lg.experiment.log({"routing/heatmap": wandb.Image(png)})
-            lg.finalize("success")
         except Exception as e:  # a logger must never lose a finished run
             log.warning("logger %s failed: %s", type(lg).__name__, e)

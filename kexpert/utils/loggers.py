@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def wandb_credentials_present() -> bool:
@@ -40,3 +43,27 @@ def build_loggers(cfg: Any) -> list:
     if not cfg:
         return []
     return [instantiate(sub, key=f"logger.{name}") for name, sub in cfg.items() if sub is not None]
+
+
+def close_loggers(loggers: list, status: str = "success") -> None:
+    """End every logger of one job: ``finalize`` it and, for W&B, finish its run.
+
+    Lightning's ``WandbLogger.finalize`` leaves the run open, so in a multirun on the basic launcher (all jobs in
+    one process) every later job would log into the first job's run. Finishing here gives one W&B run per job,
+    marked failed (exit code 1) when the job raised.
+
+    Args:
+        loggers: The job's loggers (from :func:`build_loggers`).
+        status: ``success`` or ``failed``.
+    """
+    for lg in loggers:
+        try:
+            lg.finalize(status)
+        except Exception as e:  # closing must not hide the job's own error
+            log.warning("logger %s: finalize failed: %s", type(lg).__name__, e)
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            try:
+                lg.experiment.finish(exit_code=0 if status == "success" else 1)
+            except Exception as e:
+                log.warning("W&B: finishing the run failed: %s", e)
+            lg._experiment = None

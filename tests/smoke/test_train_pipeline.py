@@ -119,3 +119,32 @@ def test_expert_lora_without_task_entry_is_skipped_when_asked(sweep, fixture_dat
     assert "no LoRA trained on arc_e" in m["skipped"]
     r = train(tmp, fixture_data_dir, "task=arc_e", "method=expert_lora", f"hydra.run.dir={tmp / 'noskip'}")
     assert r.returncode == 2 and "error: bank fixture_2 has no LoRA trained on arc_e" in r.stderr
+
+
+def test_wandb_multirun_gives_one_finished_run_per_job(tmp_path, fixture_data_dir, monkeypatch):
+    """The basic launcher runs every job in one process: each job must still get (and finish) its own W&B run."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    env = {**_env(tmp_path, fixture_data_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "experiment=tiny",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "task=arc_e",
+        "method=base",
+        "seed=0,1",
+        "logger=wandb",
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").exists())
+    assert len(jobs) == 2
+    run_ids = []
+    for job in jobs:
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{job.name}: expected its own W&B run, found {runs}"
+        run_ids.append(runs[0].name.rsplit("-", 1)[-1])
+    assert len(set(run_ids)) == 2
+    assert "already in progress" not in r.stderr
