@@ -1,0 +1,111 @@
+"""Paired comparison of every run of one or more sweep dirs against a baseline run on the same eval items.
+
+Two runs evaluated on the same deterministic eval subset can be compared item by item: the discordant items (one
+right, the other wrong) decide, and an exact two-sided sign test (McNemar) on them says whether the difference is
+more than chance. That is far more sensitive than comparing two independent 95% intervals.
+
+    python experiments/study_smollm2/paired.py outputs/sweeps/main_table_arc_e --baseline-dir outputs/runs/arc_e/<base>
+
+The baseline is the first run whose ``metrics.json`` has ``method == --baseline`` (default ``base``) among the sweep
+dirs and ``--baseline-dir``. Prints a markdown table; ``--out`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided binomial p-value of ``wins`` vs ``losses`` under p = 1/2 (McNemar's exact test)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def load_run(run_dir: Path) -> tuple[dict, dict[str, bool]] | None:
+    """``(metrics, {item id: correct})`` of an evaluated run, else ``None``."""
+    mpath, ppath = run_dir / "metrics.json", run_dir / "predictions.jsonl"
+    if not (mpath.exists() and ppath.exists()):
+        return None
+    metrics = json.loads(mpath.read_text())
+    if "score" not in metrics:
+        return None
+    correct = {}
+    with ppath.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+                correct[str(row["id"])] = bool(row["correct"])
+            except (json.JSONDecodeError, KeyError) as e:
+                raise SystemExit(f"{ppath}:{lineno}: expected a JSON object with 'id' and 'correct' ({e})") from e
+    return metrics, correct
+
+
+def describe(m: dict) -> str:
+    """A short label of a run: method plus the factors an ablation varies."""
+    parts = [m.get("label") or m.get("method", "?")]
+    for key, short in (("top_k", "k"), ("num_experts", "N"), ("k_shot", "K"), ("budget", "C")):
+        if key in m:
+            parts.append(f"{short}={m[key]}")
+    return " ".join(parts)
+
+
+def main() -> None:
+    """Print the paired table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun dirs (or single run dirs)")
+    ap.add_argument("--baseline", default="base", help="method name of the baseline run")
+    ap.add_argument("--baseline-dir", type=Path, default=None, help="a run dir holding the baseline")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    candidates = []
+    for d in args.sweep_dirs:
+        if not d.is_dir():
+            raise SystemExit(f"{d}: not a directory")
+        candidates += [d] if (d / "metrics.json").exists() else sorted(p for p in d.iterdir() if p.is_dir())
+    runs = [(p, r) for p in candidates if (r := load_run(p)) is not None]
+    base_pool = list(runs)
+    if args.baseline_dir is not None:
+        b = load_run(args.baseline_dir)
+        if b is None:
+            raise SystemExit(f"{args.baseline_dir}: no evaluated run (metrics.json with a score + predictions.jsonl)")
+        base_pool.insert(0, (args.baseline_dir, b))
+    base = next(((p, r) for p, r in base_pool if r[0].get("method") == args.baseline), None)
+    if base is None:
+        raise SystemExit(f"no run with method={args.baseline!r} in {[str(d) for d in args.sweep_dirs]}")
+    bpath, (bm, bc) = base
+    lines = [
+        f"Baseline: {bm.get('label') or bm.get('method')} ({bpath}), acc {100 * bm['score']:.1f} on n={len(bc)}.",
+        "",
+        "| run | draw | acc | baseline acc on the same items | wins | losses | sign-test p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0]), x[1][0].get("data_seed", 0))):
+        if path == bpath:
+            continue
+        common = sorted(set(c) & set(bc))
+        if not common:
+            continue
+        wins = sum(c[i] and not bc[i] for i in common)
+        losses = sum(bc[i] and not c[i] for i in common)
+        acc = 100 * sum(c[i] for i in common) / len(common)
+        bacc = 100 * sum(bc[i] for i in common) / len(common)
+        p = sign_test_p(wins, losses)
+        oracle = " [ORACLE]" if m.get("oracle") else ""
+        draw = m.get("data_seed", "")
+        lines.append(f"| {describe(m)}{oracle} | {draw} | {acc:.1f} | {bacc:.1f} | {wins} | {losses} | {p:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
