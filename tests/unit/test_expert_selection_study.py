@@ -30,3 +30,4 @@ def test_correlations_match_scipy_and_handle_constants():
     )
     assert "`python -m kexpert.selection.experts.study task=arc_c`" in text
     assert "| reasoning_ppl | -1.000 |" in text and "| l0 | 0.200 |" in text
+    assert "| ppl | undefined: the signal is the same for every LoRA | — |" in text and "nan" not in text

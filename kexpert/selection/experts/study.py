@@ -36,8 +36,14 @@ def correlations(signals: dict[str, np.ndarray], eval_acc: np.ndarray) -> list[d
     """Spearman rho and p-value of each signal with eval accuracy (NaN when a side is constant)."""
     rows = []
     for name, values in signals.items():
+        note = ""
         if np.ptp(values) == 0 or np.ptp(eval_acc) == 0:
             rho, p = math.nan, math.nan
+            note = (
+                "undefined: the signal is the same for every LoRA"
+                if np.ptp(values) == 0
+                else ("undefined: every LoRA has the same eval accuracy")
+            )
         else:
             res = spearmanr(values, eval_acc)
             rho, p = float(res.statistic), float(res.pvalue)
@@ -48,6 +54,7 @@ def correlations(signals: dict[str, np.ndarray], eval_acc: np.ndarray) -> list[d
                 "p_value": p,
                 "n_loras": len(values),
                 "expected_sign": EXPECTED_SIGN.get(name, ""),
+                "note": note,
             }
         )
     return rows
@@ -66,10 +73,11 @@ def markdown(task: str, command: str, rows: list[dict[str, Any]], per_lora: list
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        out.append(
-            f"| {r['signal']} | {r['spearman_rho']:+.3f} | {r['p_value']:.3g} | {r['n_loras']} | "
-            f"{r['expected_sign']} |"
-        )
+        if r.get("note"):
+            rho, p = f"{r['note']}", "—"
+        else:
+            rho, p = f"{r['spearman_rho']:+.3f}", f"{r['p_value']:.3g}"
+        out.append(f"| {r['signal']} | {rho} | {p} | {r['n_loras']} | {r['expected_sign']} |")
     sig_names = [r["signal"] for r in rows]
     out += [
         "",
