@@ -231,11 +231,16 @@ class Pipeline:
         """Everything that determines the trained artifact."""
         m = self.method
         inputs: dict[str, Any] = {
-            **self._kshot_inputs(),
+            "task": _node(self.cfg, "task"),
             "method": m.describe(),
             "base_model": self.base_spec.identity,
-            "seed": int(self.cfg.seed),
         }
+        # The K-shot draw and the training seed only enter the key of methods they can change, so the base
+        # model, the Expert LoRA and Source Best are built and evaluated once per task, not once per draw.
+        if m.trains or m.needs_experts or m.needs_data:
+            inputs.update(self._kshot_inputs())
+        if m.trains or getattr(m, "pick", None) == "random":
+            inputs["seed"] = int(self.cfg.seed)
         if m.trains:
             inputs.update(optim=_node(self.cfg, "optim"), trainer=_node(self.cfg, "trainer"))
         if m.needs_experts or m.oracle or m.name in ("random", "random_data", "expert_lora"):

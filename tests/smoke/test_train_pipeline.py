@@ -148,3 +148,16 @@ def test_wandb_multirun_gives_one_finished_run_per_job(tmp_path, fixture_data_di
         run_ids.append(runs[0].name.rsplit("-", 1)[-1])
     assert len(set(run_ids)) == 2
     assert "already in progress" not in r.stderr
+
+
+def test_draw_independent_methods_are_built_once_per_task(tmp_path, fixture_data_dir):
+    """The base model does not depend on the K-shot draw or the seed: a sweep over both evaluates it once."""
+    r = train(tmp_path, fixture_data_dir, "task=arc_e", "method=base", "data_seed=0,1", "seed=0,1", multirun=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    metrics = [json.loads(p.read_text()) for p in jobs]
+    assert len(metrics) == 4
+    assert len({m["stage_cache"]["train"]["key"] for m in metrics}) == 1
+    assert len({m["stage_cache"]["eval"]["key"] for m in metrics}) == 1
+    assert sum(not m["stage_cache"]["eval"]["reused"] for m in metrics) == 1
+    assert len({m["score"] for m in metrics}) == 1
