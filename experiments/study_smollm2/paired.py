@@ -48,9 +48,12 @@ def load_run(run_dir: Path) -> tuple[dict, dict[str, bool]] | None:
 
 
 def describe(m: dict) -> str:
-    """A short label of a run: method plus the factors an ablation varies."""
+    """A short label of a run: method plus the factors an ablation varies (MoE knobs only for MoE runs)."""
     parts = [m.get("label") or m.get("method", "?")]
-    for key, short in (("top_k", "k"), ("num_experts", "N"), ("k_shot", "K"), ("budget", "C")):
+    is_moe = bool((m.get("method_info") or {}).get("moe"))
+    factors = [("k_shot", "K")] + ([("budget", "C")] if "selected_items" in m else [])
+    factors += [("top_k", "k"), ("num_experts", "N")] if is_moe else []
+    for key, short in factors:
         if key in m:
             parts.append(f"{short}={m[key]}")
     return " ".join(parts)
@@ -77,19 +80,24 @@ def main() -> None:
         if b is None:
             raise SystemExit(f"{args.baseline_dir}: no evaluated run (metrics.json with a score + predictions.jsonl)")
         base_pool.insert(0, (args.baseline_dir, b))
-    base = next(((p, r) for p, r in base_pool if r[0].get("method") == args.baseline), None)
-    if base is None:
+    bases = [(p, r) for p, r in base_pool if r[0].get("method") == args.baseline]
+    if not bases:
         raise SystemExit(f"no run with method={args.baseline!r} in {[str(d) for d in args.sweep_dirs]}")
-    bpath, (bm, bc) = base
+    by_draw = {}
+    for p, r in bases:
+        by_draw.setdefault(r[0].get("data_seed"), (p, r))
+    bpath, (bm, bc) = bases[0]
     lines = [
-        f"Baseline: {bm.get('label') or bm.get('method')} ({bpath}), acc {100 * bm['score']:.1f} on n={len(bc)}.",
+        f"Baseline: {bm.get('label') or bm.get('method')} ({bpath}), acc {100 * bm['score']:.1f} on n={len(bc)}; "
+        "each run is paired with the baseline run of the same K-shot draw where there is one.",
         "",
         "| run | draw | acc | baseline acc on the same items | wins | losses | sign-test p |",
         "|---|---|---|---|---|---|---|",
     ]
-    for path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0]), x[1][0].get("data_seed", 0))):
-        if path == bpath:
+    for _path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0]), x[1][0].get("data_seed", 0))):
+        if m.get("method") == args.baseline:
             continue
+        _, (_, bc) = by_draw.get(m.get("data_seed"), bases[0])
         common = sorted(set(c) & set(bc))
         if not common:
             continue
