@@ -96,8 +96,16 @@ class StageCache:
             start = time.perf_counter()
             fn(work)
             wall = time.perf_counter() - start
-            write_json(work / MANIFEST, {"stage": stage, "key": key, "inputs": inputs, "wall_s": round(wall, 3),
-                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json(
+                work / MANIFEST,
+                {
+                    "stage": stage,
+                    "key": key,
+                    "inputs": inputs,
+                    "wall_s": round(wall, 3),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
             if final.exists():
                 shutil.rmtree(final)
             os.replace(work, final)
