@@ -51,7 +51,8 @@ def describe(m: dict) -> str:
     """A short label of a run: method plus the factors an ablation varies (MoE knobs only for MoE runs)."""
     parts = [m.get("label") or m.get("method", "?")]
     is_moe = bool((m.get("method_info") or {}).get("moe"))
-    factors = [("k_shot", "K")] + ([("budget", "C")] if "selected_items" in m else [])
+    trained_on_data = "selected_items" in m or m.get("budget") == 0
+    factors = [("k_shot", "K")] + ([("data_selection", "data"), ("budget", "C")] if trained_on_data else [])
     factors += [("top_k", "k"), ("num_experts", "N")] if is_moe else []
     for key, short in factors:
         if key in m:
