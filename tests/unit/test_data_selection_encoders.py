@@ -5,22 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kexpert.models.tiny import TINY_CONFIG
 from kexpert.selection.data.encoders import HashingEncoder, HiddenStateEncoder, SentenceTransformerEncoder
 from kexpert.utils.errors import ConfigError
 
-TINY = {
-    "name": "tiny",
-    "dtype": "float32",
-    "device": "cpu",
-    "tiny": {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 64,
-        "seed": 0,
-    },
-}
+TINY = {"name": "tiny", "dtype": "float32", "device": "cpu", "tiny": dict(TINY_CONFIG)}
 
 
 def test_hashing_encoder_is_deterministic_and_normalised():

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from kexpert.models.components.router_init import KShotStatsRouterInit
-from kexpert.models.factory import BaseModelSpec
 from kexpert.models.inject import (
     LoRAMoESpec,
     inject_lora_moe,
@@ -21,6 +20,7 @@ from kexpert.models.inject import (
 )
 from kexpert.models.moe_checkpoint import export_to_lora, load_expert, read_moe_config, save_moe
 from kexpert.models.routing_stats import collect_routing_stats, write_routing_report
+from kexpert.models.tiny import tiny_spec
 from kexpert.utils.errors import ConfigError, DataError
 
 
@@ -33,14 +33,6 @@ def _single_thread():
     torch.set_num_threads(n)
 
 
-TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "seed": 0,
-}
 TEXTS = [
     "Question: What is the capital of France?\nAnswer: Paris",
     "The cat sat on the mat.",
@@ -48,10 +40,6 @@ TEXTS = [
     "Photosynthesis turns light into chemical energy.",
     "def f(x):\n    return x * 2",
 ]
-
-
-def tiny_spec() -> BaseModelSpec:
-    return BaseModelSpec(name="tiny", dtype="float32", device="cpu", tiny=dict(TINY))
 
 
 def save_adapter(base, out: Path, rank: int, seed: int, alpha: float = 8.0, targets=("q_proj", "v_proj")) -> Path:

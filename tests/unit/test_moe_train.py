@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from kexpert.data.records import Instruction
-from kexpert.models.factory import BaseModelSpec
 from kexpert.models.inject import moe_layers, moe_state_dict
 from kexpert.models.moe_checkpoint import load_expert
+from kexpert.models.tiny import tiny_spec
 from kexpert.pipeline.train_moe import train_moe
 
 
@@ -25,14 +25,6 @@ def _single_thread():
     torch.set_num_threads(n)
 
 
-TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "seed": 0,
-}
 ITEMS = [
     Instruction(instruction=f"Question {i}: what is {i} plus {i + 1}?", output=f"The answer is {2 * i + 1}.")
     for i in range(10)
@@ -89,8 +81,8 @@ def cfg(compose_cfg):
     )
 
 
-def spec() -> BaseModelSpec:
-    return BaseModelSpec(name="tiny", dtype="float32", device="cpu", tiny=dict(TINY))
+def spec():
+    return tiny_spec()
 
 
 def run(cfg, bank, out: Path, **kw):
