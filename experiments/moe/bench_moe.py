@@ -124,6 +124,22 @@ def build(variant: str, rank: int, experts: int, top_k: int):
     return model, tok
 
 
+def timed_generate(model, tok, enc, new_tokens: int) -> float:
+    """Seconds for one greedy generation of exactly ``new_tokens`` tokens (KV cache on)."""
+    t = time.perf_counter()
+    out = model.generate(
+        **enc,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    wall = time.perf_counter() - t
+    assert out.shape[1] - enc["input_ids"].shape[1] == new_tokens
+    return wall
+
+
 def child(args) -> dict:
     """Train steps + generation for one variant (run in a fresh process)."""
     torch.set_num_threads(args.threads)
@@ -151,17 +167,7 @@ def child(args) -> dict:
     gen_times = []
     with torch.no_grad():
         for _ in range(args.gen_repeats):
-            t = time.perf_counter()
-            out = model.generate(
-                **enc,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tok.pad_token_id,
-            )
-            gen_times.append(time.perf_counter() - t)
-            assert out.shape[1] - enc["input_ids"].shape[1] == args.new_tokens
+            gen_times.append(timed_generate(model, tok, enc, args.new_tokens))
     return {
         "variant": args.variant,
         "trainable_params": sum(p.numel() for p in params),
@@ -204,17 +210,9 @@ def interleaved(args) -> None:
             with torch.no_grad():
                 for threads in (1, 2):
                     torch.set_num_threads(threads)
-                    t = time.perf_counter()
-                    model.generate(
-                        **enc,
-                        max_new_tokens=args.new_tokens,
-                        min_new_tokens=args.new_tokens,
-                        do_sample=False,
-                        use_cache=True,
-                        pad_token_id=tok.pad_token_id,
-                    )
+                    wall = timed_generate(model, tok, enc, args.new_tokens)
                     if rnd >= args.warmup:
-                        gens[v][threads].append(args.new_tokens / (time.perf_counter() - t))
+                        gens[v][threads].append(args.new_tokens / wall)
         print(
             json.dumps(
                 {
@@ -273,16 +271,7 @@ def gen_child(args) -> dict:
             torch.set_num_threads(threads)
             best = 0.0
             for _ in range(args.gen_repeats):
-                t = time.perf_counter()
-                model.generate(
-                    **enc,
-                    max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=tok.pad_token_id,
-                )
-                best = max(best, args.new_tokens / (time.perf_counter() - t))
+                best = max(best, args.new_tokens / timed_generate(model, tok, enc, args.new_tokens))
             out[f"gen_tok_per_s_t{threads}"] = round(best, 2)
     out["loadavg_end"] = os.getloadavg()
     return out
