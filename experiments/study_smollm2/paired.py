@@ -6,8 +6,10 @@ more than chance. That is far more sensitive than comparing two independent 95% 
 
     python experiments/study_smollm2/paired.py outputs/sweeps/main_table_arc_e --baseline-dir outputs/runs/arc_e/<base>
 
-The baseline is the first run whose ``metrics.json`` has ``method == --baseline`` (default ``base``) among the sweep
-dirs and ``--baseline-dir``. Prints a markdown table; ``--out`` also writes it to a file.
+The baseline is the first run whose ``metrics.json`` has ``<--key> == --baseline`` (default: ``method == base``) among
+the sweep dirs and ``--baseline-dir``; an ablation compares against one of its own rows, e.g.
+``--key expert_selection --baseline rocket`` or ``--key k_shot --baseline 50``. Prints a markdown table; ``--out``
+also writes it to a file.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def describe(m: dict) -> str:
     parts = [m.get("label") or m.get("method", "?")]
     is_moe = bool((m.get("method_info") or {}).get("moe"))
     trained_on_data = "selected_items" in m or m.get("budget") == 0
-    factors = [("k_shot", "K")] + ([("data_selection", "data"), ("budget", "C")] if trained_on_data else [])
+    factors = [("expert_selection", "experts")] if is_moe else []
+    factors += [("k_shot", "K")] + ([("data_selection", "data"), ("budget", "C")] if trained_on_data else [])
     factors += [("top_k", "k"), ("num_experts", "N")] if is_moe else []
     for key, short in factors:
         if key in m:
@@ -64,7 +67,8 @@ def main() -> None:
     """Print the paired table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun dirs (or single run dirs)")
-    ap.add_argument("--baseline", default="base", help="method name of the baseline run")
+    ap.add_argument("--key", default="method", help="metrics.json field that names the baseline (default: method)")
+    ap.add_argument("--baseline", default="base", help="value of --key of the baseline run (default: base)")
     ap.add_argument("--baseline-dir", type=Path, default=None, help="a run dir holding the baseline")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -81,9 +85,13 @@ def main() -> None:
         if b is None:
             raise SystemExit(f"{args.baseline_dir}: no evaluated run (metrics.json with a score + predictions.jsonl)")
         base_pool.insert(0, (args.baseline_dir, b))
-    bases = [(p, r) for p, r in base_pool if r[0].get("method") == args.baseline]
+
+    def is_base(m: dict) -> bool:
+        return str(m.get(args.key)) == args.baseline
+
+    bases = [(p, r) for p, r in base_pool if is_base(r[0])]
     if not bases:
-        raise SystemExit(f"no run with method={args.baseline!r} in {[str(d) for d in args.sweep_dirs]}")
+        raise SystemExit(f"no run with {args.key}={args.baseline!r} in {[str(d) for d in args.sweep_dirs]}")
     by_draw = {}
     for p, r in bases:
         by_draw.setdefault(r[0].get("data_seed"), (p, r))
@@ -96,7 +104,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for _path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0]), x[1][0].get("data_seed", 0))):
-        if m.get("method") == args.baseline:
+        if is_base(m):
             continue
         _, (_, bc) = by_draw.get(m.get("data_seed"), bases[0])
         common = sorted(set(c) & set(bc))
