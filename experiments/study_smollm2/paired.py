@@ -54,7 +54,8 @@ def describe(m: dict) -> str:
     parts = [m.get("label") or m.get("method", "?")]
     is_moe = bool((m.get("method_info") or {}).get("moe"))
     trained_on_data = "selected_items" in m or m.get("budget") == 0
-    factors = [("expert_selection", "experts")] if is_moe else []
+    bank_experts = is_moe and (m["method_info"]["moe"].get("expert_init", "bank") == "bank")
+    factors = [("expert_selection", "experts")] if bank_experts else []
     factors += [("k_shot", "K")] + ([("data_selection", "data"), ("budget", "C")] if trained_on_data else [])
     factors += [("top_k", "k"), ("num_experts", "N")] if is_moe else []
     for key, short in factors:
