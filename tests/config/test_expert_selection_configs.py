@@ -48,3 +48,17 @@ def test_num_experts_follows_moe_and_official_diversity(compose_cfg):
     sel = instantiate(cfg.expert_selection)
     assert sel.num_experts == 6
     assert (sel.diversity.quantity, sel.diversity.absolute) == ("ab", True)
+
+
+@pytest.mark.parametrize("config_name", ["select_experts", "train"])
+def test_random_group_follows_the_kshot_draw(compose_cfg, config_name):
+    """A sweep over data_seed=0,1,2 averages three random groups (the paper's Random row), unless seed is fixed."""
+    seeds = [
+        instantiate(
+            compose_cfg(config_name, ["expert_selection=random", "base_model=tiny", f"data_seed={d}"]).expert_selection
+        ).seed
+        for d in (0, 1, 2)
+    ]
+    assert seeds == [0, 1, 2]
+    fixed = compose_cfg(config_name, ["expert_selection=random", "expert_selection.seed=7", "data_seed=2"])
+    assert instantiate(fixed.expert_selection).seed == 7

@@ -18,7 +18,7 @@ class RandomSelector:
 
     Args:
         num_experts: N.
-        seed: Seed of the draw (independent of ``data_seed``).
+        seed: Seed of the draw (the config ties it to ``data_seed``: one group per K-shot draw).
         signals: Signal settings (only for the signals reported alongside).
         diversity: Similarity settings for the reported group diversity.
         name: Strategy name.
