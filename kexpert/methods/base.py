@@ -89,6 +89,16 @@ class Method:
         """Whether :meth:`build` trains anything."""
         return self.data != "none"
 
+    @property
+    def uses_bank(self) -> bool:
+        """Whether the artifact depends on the LoRA bank (its identity is then part of the cache key)."""
+        return self.needs_experts or self.oracle
+
+    @property
+    def uses_seed(self) -> bool:
+        """Whether the artifact depends on the run's ``seed`` (training, or a seeded draw)."""
+        return self.trains
+
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:
         """Train / assemble the model into ``out_dir``; return facts for metrics.json."""
         raise NotImplementedError

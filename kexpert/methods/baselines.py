@@ -66,6 +66,13 @@ class SingleLoRAMethod(Method):
         self.batch_size, self.cutoff_len = batch_size, cutoff_len
         self.oracle = pick == "source_best"
 
+    uses_bank = True  # every pick takes its LoRA from the bank
+
+    @property
+    def uses_seed(self) -> bool:
+        """Training depends on the seed, and so does ``pick=random``'s draw."""
+        return self.trains or self.pick == "random"
+
     def choose(self, ctx: MethodContext) -> str:
         """The bank entry this method uses."""
         bank = ctx.get_bank()

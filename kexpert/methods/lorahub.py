@@ -38,6 +38,8 @@ class LoRAHubMethod(Method):
         label: Display label.
     """
 
+    uses_bank = True  # the candidates are bank LoRAs, selected or drawn
+
     def __init__(
         self,
         name: str = "lorahub",

@@ -239,11 +239,11 @@ class Pipeline:
         # model, the Expert LoRA and Source Best are built and evaluated once per task, not once per draw.
         if m.trains or m.needs_experts or m.needs_data:
             inputs.update(self._kshot_inputs())
-        if m.trains or getattr(m, "pick", None) == "random":
+        if m.uses_seed:
             inputs["seed"] = int(self.cfg.seed)
         if m.trains:
             inputs.update(optim=_node(self.cfg, "optim"), trainer=_node(self.cfg, "trainer"))
-        if m.needs_experts or m.oracle or m.name in ("random", "random_data", "expert_lora"):
+        if m.uses_bank:
             inputs["bank"] = self._bank_identity()
         if m.needs_experts:
             inputs["experts"] = self.artifacts["experts"].key if "experts" in self.artifacts else None

@@ -66,3 +66,20 @@ def test_method_options_instantiate():
             cfg = compose(config_name="train", overrides=[f"method={f.stem}"])
         m = instantiate(cfg.method)
         assert m.name == f.stem and m.label
+
+
+def test_methods_declare_what_their_artifact_depends_on():
+    """The bank and the seed enter a method's cache key exactly when its artifact depends on them."""
+    from hydra.utils import instantiate
+
+    depends = {}
+    for f in sorted((CONF / "method").glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            m = instantiate(compose(config_name="train", overrides=[f"method={f.stem}"]).method)
+        depends[f.stem] = (m.uses_bank, m.uses_seed)
+    assert depends["base"] == (False, False)
+    assert depends["expert_lora"] == depends["source_best"] == (True, False)
+    assert depends["random"] == depends["random_data"] == depends["source_best_sft"] == (True, True)
+    assert depends["lorahub"] == depends["lorahub_data"] == (True, True)  # candidates drawn from the bank
+    assert depends["rocket"] == (True, True) and depends["mixlora"] == (False, True)
+    assert depends["uniform_merge"] == (True, False)

@@ -81,16 +81,12 @@ def cfg(compose_cfg):
     )
 
 
-def spec():
-    return tiny_spec()
-
-
 def run(cfg, bank, out: Path, **kw):
     return train_moe(
         cfg.moe,
         cfg.optim,
         cfg.trainer,
-        spec(),
+        tiny_spec(),
         bank,
         ITEMS,
         out,
@@ -109,7 +105,7 @@ def csv_metrics(out: Path) -> set[str]:
 
 
 def test_train_moe_trains_only_moe_and_saves_a_loadable_model(cfg, bank2, tmp_path):
-    base, _ = spec().load()
+    base, _ = tiny_spec().load()
     model, metrics = run(cfg, bank2, tmp_path / "run", log_layer_load_every_n_steps=2)
     assert metrics["global_step"] == 8 and metrics["resumed_from"] is None
     assert metrics["params"]["trainable"] == sum(
@@ -135,7 +131,7 @@ def test_train_moe_trains_only_moe_and_saves_a_loadable_model(cfg, bank2, tmp_pa
 def test_router_only_training_keeps_experts(cfg, bank2, tmp_path):
     cfg.moe.train_experts = False
     cfg.trainer.max_steps = 3
-    ref, _ = spec().load()
+    ref, _ = tiny_spec().load()
     from kexpert.models.inject import LoRAMoESpec, inject_lora_moe
 
     inject_lora_moe(ref, LoRAMoESpec(num_experts=2, top_k=1), bank2)
