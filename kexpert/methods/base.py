@@ -71,6 +71,7 @@ class Method:
 
     needs_experts: bool = False
     oracle: bool = False
+    routes: bool = False  # the model is a LoRA-MoE: ``moe`` enters the key; routing and per-expert reports apply
 
     def __init__(self, name: str, data: DataChoice = "none", label: str | None = None) -> None:
         if data not in ("none", "kshot", "kshot+selected"):

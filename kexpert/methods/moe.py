@@ -25,6 +25,8 @@ class MoEMethod(Method):
         random_experts: Use randomly initialised experts (MixLoRA) regardless of ``moe.expert_init``.
     """
 
+    routes = True
+
     def __init__(
         self,
         name: str = "rocket",

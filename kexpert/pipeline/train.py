@@ -249,7 +249,7 @@ class Pipeline:
             inputs["experts"] = self.artifacts["experts"].key if "experts" in self.artifacts else None
         if m.needs_data:
             inputs["data"] = self.artifacts["data"].key if "data" in self.artifacts else None
-        if type(m).__name__ == "MoEMethod":
+        if m.routes:
             inputs["moe"] = _node(self.cfg, "moe")
         return inputs
 
@@ -415,7 +415,7 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                 "per_expert": bool(ev.get("per_expert", False)),
             }
 
-            per_expert = bool(ev.get("per_expert", False)) and type(method).__name__ == "MoEMethod"
+            per_expert = bool(ev.get("per_expert", False)) and method.routes
 
             def do_eval(d: Path) -> None:
                 kwargs = dict(
@@ -453,7 +453,7 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
         if "eval" in pipe.artifacts:
             rows = read_jsonl(pipe.artifacts["eval"].path / "predictions.jsonl")
             write_jsonl(pipe.out_dir / "predictions.jsonl", rows)
-        if model is not None and type(method).__name__ == "MoEMethod" and cfg.get("routing_stats", True):
+        if model is not None and method.routes and cfg.get("routing_stats", True):
             metrics["routing"] = _routing_report(pipe, model, tok)
         timings["report"] = round(time.perf_counter() - t0, 3)
     metrics["stage_wall_s"] = timings

@@ -83,3 +83,15 @@ def test_methods_declare_what_their_artifact_depends_on():
     assert depends["lorahub"] == depends["lorahub_data"] == (True, True)  # candidates drawn from the bank
     assert depends["rocket"] == (True, True) and depends["mixlora"] == (False, True)
     assert depends["uniform_merge"] == (True, False)
+
+
+def test_only_moe_methods_route():
+    """The moe config, routing stats and per-expert eval apply exactly to the LoRA-MoE methods."""
+    from hydra.utils import instantiate
+
+    routes = set()
+    for f in sorted((CONF / "method").glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            if instantiate(compose(config_name="train", overrides=[f"method={f.stem}"]).method).routes:
+                routes.add(f.stem)
+    assert routes == {"rocket", "mixlora", "mixlora_data"}
