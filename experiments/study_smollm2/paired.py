@@ -6,7 +6,8 @@ more than chance. That is far more sensitive than comparing two independent 95% 
 
     python experiments/study_smollm2/paired.py outputs/sweeps/main_table_arc_e --baseline-dir outputs/runs/arc_e/<base>
 
-The baseline is the first run whose ``metrics.json`` has ``<--key> == --baseline`` (default: ``method == base``) among
+Run dirs are found recursively (a sweep dir with nested sweeps in subfolders is one argument). The baseline is the
+first run whose ``metrics.json`` has ``<--key> == --baseline`` (default: ``method == base``) among
 the sweep dirs and ``--baseline-dir``; an ablation compares against one of its own rows, e.g.
 ``--key expert_selection --baseline rocket`` or ``--key k_shot --baseline 50``. Prints a markdown table; ``--out``
 also writes it to a file.
@@ -61,13 +62,15 @@ def describe(m: dict) -> str:
     for key, short in factors:
         if key in m:
             parts.append(f"{short}={m[key]}")
+    if is_moe and m.get("moe", "lora_moe") != "lora_moe":
+        parts.append(f"moe={m['moe']}")
     return " ".join(parts)
 
 
 def main() -> None:
     """Print the paired table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun dirs (or single run dirs)")
+    ap.add_argument("sweep_dirs", nargs="+", type=Path, help="run or multirun dirs, searched recursively")
     ap.add_argument("--key", default="method", help="metrics.json field that names the baseline (default: method)")
     ap.add_argument("--baseline", default="base", help="value of --key of the baseline run (default: base)")
     ap.add_argument("--baseline-dir", type=Path, default=None, help="a run dir holding the baseline")
@@ -78,7 +81,8 @@ def main() -> None:
     for d in args.sweep_dirs:
         if not d.is_dir():
             raise SystemExit(f"{d}: not a directory")
-        candidates += [d] if (d / "metrics.json").exists() else sorted(p for p in d.iterdir() if p.is_dir())
+        candidates += sorted({m.parent for m in d.rglob("metrics.json")})
+    candidates = list(dict.fromkeys(candidates))
     runs = [(p, r) for p in candidates if (r := load_run(p)) is not None]
     base_pool = list(runs)
     if args.baseline_dir is not None:

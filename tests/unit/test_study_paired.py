@@ -1,0 +1,66 @@
+"""The study's paired sign-test script (experiments/study_smollm2/paired.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "study_smollm2" / "paired.py"
+
+
+def _run_dir(root: Path, name: str, method: str, correct: list[bool], **extra) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    metrics = {"method": method, "label": method, "data_seed": 0, "score": sum(correct) / len(correct), **extra}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    rows = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct)]
+    (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def _paired(*args: str) -> str:
+    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_sign_test_p_values() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from paired import sign_test_p
+    finally:
+        sys.path.pop(0)
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(3, 3) == 1.0
+    assert sign_test_p(0, 6) == pytest.approx(2 / 64)
+    assert sign_test_p(6, 0) == sign_test_p(0, 6)
+    assert sign_test_p(1, 9) == pytest.approx(2 * 11 / 1024)
+
+
+def test_nested_sweeps_are_found_and_paired_item_by_item(tmp_path: Path) -> None:
+    base = [True, False, False, True, False, True]
+    other = [True, True, True, False, False, True]  # 2 wins (q1, q2), 1 loss (q3)
+    _run_dir(tmp_path, "0_base", "base", base)
+    _run_dir(tmp_path / "more", "0_rocket", "rocket", other)
+    text = _paired(str(tmp_path), str(tmp_path / "more"))  # the nested dir given twice is counted once
+    rows = [line for line in text.splitlines() if line.startswith("| rocket")]
+    assert rows == ["| rocket | 0 | 66.7 | 50.0 | 2 | 1 | 1.000 |"]
+
+
+def test_non_default_moe_is_named(tmp_path: Path) -> None:
+    _run_dir(tmp_path, "0_base", "base", [True, False])
+    info = {"method_info": {"moe": {"expert_init": "bank"}}, "moe": "lora_moe_router_only", "top_k": 2}
+    _run_dir(tmp_path, "1_rocket", "rocket", [True, True], **info)
+    assert "moe=lora_moe_router_only" in _paired(str(tmp_path))
+
+
+def test_bad_predictions_name_the_file_and_line(tmp_path: Path) -> None:
+    d = _run_dir(tmp_path, "0_base", "base", [True])
+    (d / "predictions.jsonl").write_text('{"id": "q0", "correct": true}\nnot json\n')
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "predictions.jsonl:2" in out.stderr
