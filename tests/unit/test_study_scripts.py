@@ -1,4 +1,4 @@
-"""The study's paired sign-test script (experiments/study_smollm2/paired.py)."""
+"""The study's analysis scripts (experiments/study_smollm2/paired.py, binary_auc.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "study_smollm2" / "paired.py"
+STUDY = Path(__file__).resolve().parents[2] / "experiments" / "study_smollm2"
+SCRIPT = STUDY / "paired.py"
 
 
 def _run_dir(root: Path, name: str, method: str, correct: list[bool], **extra) -> Path:
@@ -64,3 +65,31 @@ def test_bad_predictions_name_the_file_and_line(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "predictions.jsonl:2" in out.stderr
+
+
+def test_roc_auc_matches_pairwise_counting() -> None:
+    sys.path.insert(0, str(STUDY))
+    try:
+        from binary_auc import roc_auc
+    finally:
+        sys.path.pop(0)
+    pos, neg = [0.3, 0.9, 0.5, 0.5], [0.1, 0.5, 0.7]
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
+    assert roc_auc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
+    assert roc_auc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert roc_auc([0.0], [1.0]) == 0.0
+    with pytest.raises(ValueError):
+        roc_auc([], [1.0])
+
+
+def test_binary_auc_table_separates_bias_from_discrimination(tmp_path: Path) -> None:
+    d = tmp_path / "sweep" / "0_run"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"label": "always-no", "data_seed": 1, "score": 0.5}))
+    # scores rank the two "A" items above the two "B" items, but every prediction is "B"
+    rows = [("A", [-2.0, -1.0]), ("A", [-2.1, -1.0]), ("B", [-3.0, -1.0]), ("B", [-3.5, -1.0])]
+    lines = [json.dumps({"id": i, "gold": g, "pred": "B", "loglik": ll}) for i, (g, ll) in enumerate(rows)]
+    (d / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    out = subprocess.run([sys.executable, str(STUDY / "binary_auc.py"), str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| always-no | 1 | 50.0 | 0% | 50% | 1.000 |" in out.stdout
