@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from paired import emit, run_dirs  # the script's own folder is on sys.path
+
 
 def roc_auc(pos: list[float], neg: list[float]) -> float:
     """Probability that a random positive scores above a random negative (ties count half; Mann-Whitney U)."""
@@ -64,15 +66,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     lines = ["| run | draw | acc | predicted first choice | gold first choice | AUC |", "|---|---|---|---|---|---|"]
-    for d in args.dirs:
-        if not d.is_dir():
-            raise SystemExit(f"{d}: not a directory")
-    runs = sorted({m.parent for d in args.dirs for m in d.rglob("metrics.json")})
-    lines += [row for r in runs if (row := run_row(r)) is not None]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    lines += [row for r in run_dirs(args.dirs) if (row := run_row(r)) is not None]
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,22 @@ def load_run(run_dir: Path) -> tuple[dict, dict[str, bool]] | None:
     return metrics, correct
 
 
+def run_dirs(dirs: list[Path]) -> list[Path]:
+    """Every dir holding a ``metrics.json`` under ``dirs`` (searched recursively), sorted, each once."""
+    for d in dirs:
+        if not d.is_dir():
+            raise SystemExit(f"{d}: not a directory")
+    return sorted({m.parent for d in dirs for m in d.rglob("metrics.json")})
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a markdown table and, with ``out``, also write it there."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def describe(m: dict) -> str:
     """A short label of a run: method plus the factors an ablation varies (MoE knobs only for MoE runs)."""
     parts = [m.get("label") or m.get("method", "?")]
@@ -77,13 +93,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    candidates = []
-    for d in args.sweep_dirs:
-        if not d.is_dir():
-            raise SystemExit(f"{d}: not a directory")
-        candidates += sorted({m.parent for m in d.rglob("metrics.json")})
-    candidates = list(dict.fromkeys(candidates))
-    runs = [(p, r) for p in candidates if (r := load_run(p)) is not None]
+    runs = [(p, r) for p in run_dirs(args.sweep_dirs) if (r := load_run(p)) is not None]
     base_pool = list(runs)
     if args.baseline_dir is not None:
         b = load_run(args.baseline_dir)
@@ -123,10 +133,7 @@ def main() -> None:
         oracle = " [ORACLE]" if m.get("oracle") else ""
         draw = m.get("data_seed", "")
         lines.append(f"| {describe(m)}{oracle} | {draw} | {acc:.1f} | {bacc:.1f} | {wins} | {losses} | {p:.3f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
