@@ -20,6 +20,12 @@ import json
 import math
 from pathlib import Path
 
+from kexpert.report.runs import read_overrides
+
+# overrides that are draws or tasks, or that describe() already shows
+_SHOWN = {"task", "data_seed", "seed", "method", "expert_selection", "k_shot", "data_selection", "moe", "sweep"}
+_SHOWN |= {"data_selection.budget", "moe.top_k", "moe.num_experts"}
+
 
 def sign_test_p(wins: int, losses: int) -> float:
     """Exact two-sided binomial p-value of ``wins`` vs ``losses`` under p = 1/2 (McNemar's exact test)."""
@@ -39,6 +45,7 @@ def load_run(run_dir: Path) -> tuple[dict, dict[str, bool]] | None:
     metrics = json.loads(mpath.read_text())
     if "score" not in metrics:
         return None
+    metrics["_overrides"] = read_overrides(run_dir)
     correct = {}
     with ppath.open() as fh:
         for lineno, line in enumerate(fh, 1):
@@ -66,6 +73,14 @@ def emit(lines: list[str], out: Path | None) -> None:
         out.write_text(text + "\n")
 
 
+def mark_varying_overrides(metrics: list[dict]) -> None:
+    """Store under ``_varying`` the command-line overrides that differ between runs and describe() would not show."""
+    keys = {k for m in metrics for k in m.get("_overrides", {}) if k not in _SHOWN and not k.startswith("hydra.")}
+    varying = {k for k in keys if len({str(m.get("_overrides", {}).get(k)) for m in metrics}) > 1}
+    for m in metrics:
+        m["_varying"] = {k: v for k, v in m.get("_overrides", {}).items() if k in varying}
+
+
 def describe(m: dict) -> str:
     """A short label of a run: method plus the factors an ablation varies (MoE knobs only for MoE runs)."""
     parts = [m.get("label") or m.get("method", "?")]
@@ -80,6 +95,7 @@ def describe(m: dict) -> str:
             parts.append(f"{short}={m[key]}")
     if is_moe and m.get("moe", "lora_moe") != "lora_moe":
         parts.append(f"moe={m['moe']}")
+    parts += [f"{k}={v}" for k, v in sorted(m.get("_varying", {}).items())]
     return " ".join(parts)
 
 
@@ -94,6 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     runs = [(p, r) for p in run_dirs(args.sweep_dirs) if (r := load_run(p)) is not None]
+    mark_varying_overrides([r[0] for _, r in runs])
     base_pool = list(runs)
     if args.baseline_dir is not None:
         b = load_run(args.baseline_dir)

@@ -93,3 +93,18 @@ def test_binary_auc_table_separates_bias_from_discrimination(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, str(STUDY / "binary_auc.py"), str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "| always-no | 1 | 50.0 | 0% | 50% | 1.000 |" in out.stdout
+
+
+def test_an_override_that_differs_between_runs_is_named(tmp_path: Path) -> None:
+    _run_dir(tmp_path, "0_base", "base", [True, False])
+    for name, mode in (("1_rocket", None), ("2_rocket", "loglikelihood")):
+        d = _run_dir(tmp_path, name, "rocket", [True, True])
+        (d / ".hydra").mkdir()
+        lines = ["- method=rocket", "- data_seed=0"] + (
+            [f"- expert_selection.signals.accuracy_mode={mode}"] if mode else []
+        )
+        (d / ".hydra" / "overrides.yaml").write_text("\n".join(lines) + "\n")
+    rows = [line for line in _paired(str(tmp_path)).splitlines() if line.startswith("| rocket")]
+    assert len(rows) == 2
+    assert sum("expert_selection.signals.accuracy_mode=loglikelihood" in r for r in rows) == 1
+    assert not any("data_seed=" in r for r in rows)
