@@ -68,9 +68,9 @@ def run_dirs(dirs: list[Path]) -> list[Path]:
 def emit(lines: list[str], out: Path | None) -> None:
     """Print a markdown table and, with ``out``, also write it there."""
     text = "\n".join(lines)
-    print(text)
     if out:
         out.write_text(text + "\n")
+    print(text)
 
 
 def mark_varying_overrides(metrics: list[dict]) -> None:
