@@ -20,11 +20,8 @@ import json
 import math
 from pathlib import Path
 
-from kexpert.report.runs import read_overrides
-
-# overrides that are draws or tasks, or that describe() already shows
-_SHOWN = {"task", "data_seed", "seed", "method", "expert_selection", "k_shot", "data_selection", "moe", "sweep"}
-_SHOWN |= {"data_selection.budget", "moe.top_k", "moe.num_experts"}
+from kexpert.report.factors import ignored_override
+from kexpert.report.runs import find_metrics_files, read_overrides
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -62,7 +59,7 @@ def run_dirs(dirs: list[Path]) -> list[Path]:
     for d in dirs:
         if not d.is_dir():
             raise SystemExit(f"{d}: not a directory")
-    return sorted({m.parent for d in dirs for m in d.rglob("metrics.json")})
+    return sorted({m.parent for d in dirs for m in find_metrics_files(d)})
 
 
 def emit(lines: list[str], out: Path | None) -> None:
@@ -73,15 +70,13 @@ def emit(lines: list[str], out: Path | None) -> None:
     print(text)
 
 
-def mark_varying_overrides(metrics: list[dict]) -> None:
-    """Store under ``_varying`` the command-line overrides that differ between runs and describe() would not show."""
-    keys = {k for m in metrics for k in m.get("_overrides", {}) if k not in _SHOWN and not k.startswith("hydra.")}
-    varying = {k for k in keys if len({str(m.get("_overrides", {}).get(k)) for m in metrics}) > 1}
-    for m in metrics:
-        m["_varying"] = {k: v for k, v in m.get("_overrides", {}).items() if k in varying}
+def varying_overrides(metrics: list[dict]) -> set[str]:
+    """Command-line overrides that differ between runs and that no factor of the report already covers."""
+    keys = {k for m in metrics for k in m["_overrides"] if not ignored_override(k)}
+    return {k for k in keys if len({m["_overrides"].get(k) for m in metrics}) > 1}
 
 
-def describe(m: dict) -> str:
+def describe(m: dict, varying: set[str] = frozenset()) -> str:
     """A short label of a run: method plus the factors an ablation varies (MoE knobs only for MoE runs)."""
     parts = [m.get("label") or m.get("method", "?")]
     is_moe = bool((m.get("method_info") or {}).get("moe"))
@@ -95,7 +90,7 @@ def describe(m: dict) -> str:
             parts.append(f"{short}={m[key]}")
     if is_moe and m.get("moe", "lora_moe") != "lora_moe":
         parts.append(f"moe={m['moe']}")
-    parts += [f"{k}={v}" for k, v in sorted(m.get("_varying", {}).items())]
+    parts += [f"{k}={m['_overrides'][k]}" for k in sorted(varying & m["_overrides"].keys())]
     return " ".join(parts)
 
 
@@ -110,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
 
     runs = [(p, r) for p in run_dirs(args.sweep_dirs) if (r := load_run(p)) is not None]
-    mark_varying_overrides([r[0] for _, r in runs])
+    varying = varying_overrides([m for _, (m, _) in runs])
     base_pool = list(runs)
     if args.baseline_dir is not None:
         b = load_run(args.baseline_dir)
@@ -135,7 +130,7 @@ def main() -> None:
         "| run | draw | acc | baseline acc on the same items | wins | losses | sign-test p |",
         "|---|---|---|---|---|---|---|",
     ]
-    for _path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0]), x[1][0].get("data_seed", 0))):
+    for _path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0], varying), x[1][0].get("data_seed", 0))):
         if is_base(m):
             continue
         _, (_, bc) = by_draw.get(m.get("data_seed"), bases[0])
@@ -149,7 +144,9 @@ def main() -> None:
         p = sign_test_p(wins, losses)
         oracle = " [ORACLE]" if m.get("oracle") else ""
         draw = m.get("data_seed", "")
-        lines.append(f"| {describe(m)}{oracle} | {draw} | {acc:.1f} | {bacc:.1f} | {wins} | {losses} | {p:.3f} |")
+        lines.append(
+            f"| {describe(m, varying)}{oracle} | {draw} | {acc:.1f} | {bacc:.1f} | {wins} | {losses} | {p:.3f} |"
+        )
     emit(lines, args.out)
 
 

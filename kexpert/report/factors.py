@@ -136,7 +136,8 @@ def task_title(task: str) -> str:
     return TASK_TITLES.get(task, task)
 
 
-def _ignored_override(key: str) -> bool:
+def ignored_override(key: str) -> bool:
+    """Whether a command-line override is a draw, a task, a main or recorded factor, or does not change results."""
     return key in _OVERRIDE_IGNORED or key.startswith(_OVERRIDE_IGNORED_PREFIXES) or key.endswith("progress")
 
 
@@ -158,7 +159,7 @@ def varying_factors(runs: Sequence[RunRecord]) -> list[Factor]:
     for extra in RECORDED_EXTRAS:
         if _separates(extra, runs, factors):
             factors.append(extra)
-    override_keys = sorted({k for r in runs for k in r.overrides if not _ignored_override(k)})
+    override_keys = sorted({k for r in runs for k in r.overrides if not ignored_override(k)})
     for key in override_keys:
         extra = Factor(key, key, source="override")
         if _separates(extra, runs, factors):

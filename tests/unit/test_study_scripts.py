@@ -29,12 +29,10 @@ def _paired(*args: str) -> str:
     return out.stdout
 
 
-def test_sign_test_p_values() -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from paired import sign_test_p
-    finally:
-        sys.path.pop(0)
+def test_sign_test_p_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(STUDY))
+    from paired import sign_test_p
+
     assert sign_test_p(0, 0) == 1.0
     assert sign_test_p(3, 3) == 1.0
     assert sign_test_p(0, 6) == pytest.approx(2 / 64)
@@ -67,12 +65,10 @@ def test_bad_predictions_name_the_file_and_line(tmp_path: Path) -> None:
     assert "predictions.jsonl:2" in out.stderr
 
 
-def test_roc_auc_matches_pairwise_counting() -> None:
-    sys.path.insert(0, str(STUDY))
-    try:
-        from binary_auc import roc_auc
-    finally:
-        sys.path.pop(0)
+def test_roc_auc_matches_pairwise_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(STUDY))
+    from binary_auc import roc_auc
+
     pos, neg = [0.3, 0.9, 0.5, 0.5], [0.1, 0.5, 0.7]
     pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
     assert roc_auc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
