@@ -45,6 +45,8 @@ def run(cfg: DictConfig) -> EvalResult:
         The evaluation result.
     """
     task: Task = instantiate(cfg.task, key="task")
+    if cfg.eval.get("split") is not None:
+        task = task.with_eval_split(to_container(cfg.eval.split), key="eval.split")
     spec: BaseModelSpec = instantiate(cfg.base_model, key="base_model")
     out_dir = Path(cfg.paths.output_dir)
     t0 = time.perf_counter()

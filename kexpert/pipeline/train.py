@@ -29,6 +29,7 @@ from kexpert.data.records import Example, Instruction
 from kexpert.eval.evaluator import evaluate
 from kexpert.methods.base import Method, MethodContext
 from kexpert.pipeline.cache import StageArtifact, StageCache
+from kexpert.tasks.task import Task
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.instantiate import instantiate, to_container
 from kexpert.utils.io import read_json, read_jsonl, sha1_of, write_json, write_jsonl
@@ -209,6 +210,41 @@ class Pipeline:
         self.artifacts["data"] = art
         rows = read_jsonl(art.path / "selected.jsonl")
         return [Instruction.from_dict(r) for r in rows if not str(r.get("source", "")).startswith("kshot:")]
+
+    def eval_task(self) -> Task:
+        """The task evaluation runs on: the configured one, or its ``eval.split`` override (training unchanged)."""
+        override = self.cfg.eval.get("split")
+        if override is None:
+            return self.task
+        return self.task.with_eval_split(to_container(override), key="eval.split")
+
+    def eval_split_overlap(self, eval_task: Task, method: Method) -> dict[str, Any]:
+        """Training items (D_K, D_A) that contain a question of an overridden eval split.
+
+        Selection decontaminates D_A against the task's own eval split only, so evaluating on another split
+        checks the training data against it again; a hit is logged as a warning and recorded in metrics.
+        """
+        from kexpert.bank.decontam import EvalIndex, find_overlaps
+
+        index = EvalIndex()
+        index.add_examples(eval_task.eval_examples(limit=self.cfg.eval.limit, seed=self.cfg.eval.seed))
+        items: list[Instruction] = []
+        if method.trains or method.needs_data:
+            items += [self.task.to_instruction(e) for e in self.kshot()]
+        if method.needs_data:
+            items += self.selected_data()
+        hits = find_overlaps(items, index)
+        evals = sorted({h for v in hits.values() for h in v})
+        if hits:
+            log.warning(
+                "eval.split: %d of %d training items contain %d questions of the evaluated split (e.g. %s); "
+                "those scores are contaminated",
+                len(hits),
+                len(items),
+                len(evals),
+                ", ".join(evals[:3]),
+            )
+        return {"train_items_checked": len(items), "train_items_overlapping": len(hits), "eval_items_hit": evals}
 
     def context(self, loggers: list) -> MethodContext:
         """What the method sees."""
@@ -408,10 +444,17 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
             model, tok = timed("load_model", lambda: method.load(ctx, art.path))
             metrics["params"] = _count_params(model)
             ev = cfg.eval
+            eval_task = pipe.eval_task()
+            metrics["task_info"] = eval_task.info()
+            ev_node = _clean(to_container(ev))
+            if ev_node.get("split") is None:
+                ev_node.pop("split", None)  # no override: the same key as before eval.split existed
+            else:
+                metrics["eval_split_overlap"] = pipe.eval_split_overlap(eval_task, method)
             eval_inputs = {
                 "train": art.key,
                 "task": _node(cfg, "task"),
-                "eval": _clean(to_container(ev)),
+                "eval": ev_node,
                 "per_expert": bool(ev.get("per_expert", False)),
             }
 
@@ -425,8 +468,8 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                     sandbox_timeout_s=ev.sandbox_timeout_s,
                     progress=ev.progress,
                 )
-                examples = pipe.task.eval_examples(limit=ev.limit, seed=ev.seed)
-                res = evaluate(pipe.task, model, tok, pipe.base_spec.prompt_format, examples=examples, **kwargs)
+                examples = eval_task.eval_examples(limit=ev.limit, seed=ev.seed)
+                res = evaluate(eval_task, model, tok, pipe.base_spec.prompt_format, examples=examples, **kwargs)
                 write_jsonl(d / "predictions.jsonl", res.predictions)
                 write_json(d / "eval.json", res.metrics)
                 if per_expert:
@@ -436,7 +479,7 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                     write_json(
                         d / "per_expert.json",
                         evaluate_experts_alone(
-                            pipe.task, model, tok, pipe.base_spec.prompt_format, examples, list(names), **kwargs
+                            eval_task, model, tok, pipe.base_spec.prompt_format, examples, list(names), **kwargs
                         ),
                     )
 
@@ -484,7 +527,7 @@ def _routing_report(pipe: Pipeline, model, tok) -> dict[str, Any]:
     from kexpert.models import routing_stats
 
     ev = pipe.cfg.eval
-    examples = pipe.task.eval_examples(limit=min(ev.limit or 100, 100), seed=ev.seed)
+    examples = pipe.eval_task().eval_examples(limit=min(ev.limit or 100, 100), seed=ev.seed)
     texts = routing_stats.eval_texts(pipe.task, examples, pipe.base_spec.prompt_format, tok)
     names = (
         pipe.artifacts.get("experts") and read_json(pipe.artifacts["experts"].path / "experts.json")["chosen"]

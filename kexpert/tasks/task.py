@@ -8,9 +8,11 @@ that is the base model's :class:`~kexpert.data.prompts.PromptFormat`.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +141,43 @@ class Task:
         self.num_fewshot = num_fewshot
         self.primary_metric = primary_metric or {"code": "pass@1"}.get(answer_kind, "acc")
         self._cache: dict[str, list[Example]] = {}
+        self._origin: Task | None = None  # set on a with_eval_split copy: the task whose K-shot pool it keeps
+        self._fixed_holdout: set[str] | None = None  # ... and that task's hold-out ids
+
+    def with_eval_split(self, override: Mapping[str, Any], key: str = "eval.split") -> Task:
+        """This task evaluated on another split, e.g. ARC's test split instead of Dev.
+
+        Only evaluation changes: the K-shot pool, and the hold-out excluded from evaluation when the K-shot is
+        drawn from the eval split, stay this task's, so artifacts trained for it are reused unchanged.
+
+        Args:
+            override: Keys of ``eval_split`` (``local``, ``local_format``, ``hub``, ``hub_format``) merged over
+                it; a ``hub`` mapping is merged key by key, so ``{hub: {split: test}}`` keeps path and name.
+            key: Config key named in errors.
+
+        Raises:
+            ConfigError: An unknown key, or a task without an eval split.
+        """
+        if self.eval_source is None:
+            raise ConfigError(f"{key}: task {self.name} has no eval_split to override")
+        if not isinstance(override, Mapping):
+            raise ConfigError(f"{key}: expected a mapping like eval_split's, got {type(override).__name__}")
+        merged = asdict(self.eval_source)
+        unknown = sorted(set(override) - set(merged))
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)} (expected {', '.join(sorted(merged))})")
+        for k, v in override.items():
+            if k == "hub" and isinstance(v, Mapping) and merged["hub"] is not None:
+                merged["hub"] = {**merged["hub"], **dict(v)}
+            else:
+                merged[k] = dict(v) if isinstance(v, Mapping) else v
+        held = self._holdout_ids()
+        other = copy.copy(self)
+        other.eval_source = SplitSource.build(merged)
+        other._cache = {k: v for k, v in self._cache.items() if not k.startswith("eval:")}
+        other._origin = self._origin or self
+        other._fixed_holdout = held
+        return other
 
     # ------------------------------------------------------------------ data
     def resolved_source(self) -> Literal["local", "hub"]:
@@ -221,6 +260,8 @@ class Task:
         return (src.local is not None) if self.resolved_source() == "local" else (src.hub is not None)
 
     def _holdout_ids(self) -> set[str]:
+        if self._fixed_holdout is not None:
+            return self._fixed_holdout
         if self._has_kshot_split():
             return set()
         rows = self._load(self.eval_source, "eval")  # type: ignore[arg-type]
@@ -251,6 +292,8 @@ class Task:
 
     def kshot_pool(self) -> list[Example]:
         """The pool the K-shot is drawn from: the train split, or the hold-out slice of the eval split."""
+        if self._origin is not None:
+            return self._origin.kshot_pool()
         if self._has_kshot_split():
             return self._load(self.kshot_source, "kshot")  # type: ignore[arg-type]
         held = self._holdout_ids()

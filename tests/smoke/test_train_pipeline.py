@@ -91,6 +91,35 @@ def test_baseline_methods_run(sweep, fixture_data_dir, method):
     assert m["oracle"] == (method == "source_best")
 
 
+def test_eval_split_reuses_training_and_checks_overlap(sweep, fixture_data_dir):
+    """eval.split evaluates the trained artifact on ARC's test split; only the eval stage runs again."""
+    tmp, _, metrics, _ = sweep
+    run_dir = tmp / "test_split"
+    r = train(
+        tmp,
+        fixture_data_dir,
+        "task=arc_e",
+        "moe.top_k=1",
+        "eval.per_expert=true",
+        "eval.split={local:eval/arc_easy/test.jsonl}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for stage in ("kshot", "experts", "data", "train"):
+        assert m["stage_cache"][stage]["reused"], stage
+    assert m["stage_cache"]["train"]["key"] == metrics[0]["stage_cache"]["train"]["key"]
+    assert not m["stage_cache"]["eval"]["reused"]
+    assert m["task_info"]["eval_split"] == "eval/arc_easy/test.jsonl"
+    test_ids = {json.loads(line)["id"] for line in (fixture_data_dir / "eval/arc_easy/test.jsonl").open()}
+    preds = [json.loads(line) for line in (run_dir / "predictions.jsonl").open()]
+    assert preds and {p["id"] for p in preds} <= test_ids
+    # the fixture's ARC-E train split repeats the eval questions, so the check must find the K-shot in them
+    overlap = m["eval_split_overlap"]
+    assert overlap["train_items_overlapping"] > 0 and overlap["eval_items_hit"]
+    assert "contaminated" in r.stdout + r.stderr
+
+
 def test_lorahub_searches_weights(sweep, fixture_data_dir):
     tmp, _, _, _ = sweep
     r = train(tmp, fixture_data_dir, "task=arc_e", "method=lorahub", "method.budget=3", f"hydra.run.dir={tmp / 'lh'}")

@@ -182,3 +182,41 @@ def test_prompts_and_targets(compose_cfg):
     p = mb.prompt(mb.eval_examples()[0])
     assert p.count("[BEGIN]") == 3  # three demonstrations
     assert "[BEGIN]" not in mb.to_instruction(mb.kshot_pool()[0]).instruction
+
+
+# ---- eval.split: evaluate on another split of the same task without touching its K-shot pool
+
+
+def test_with_eval_split_reads_another_split(compose_cfg):
+    task = load_task(compose_cfg, "arc_c")
+    test = task.with_eval_split({"local": "eval/arc_challenge/test.jsonl"})
+    ids = [e.id for e in test.eval_examples()]
+    assert len(ids) == 5 and "FIX_3" not in ids  # 6 test rows, the 3-option one dropped as on Dev
+    assert len(task.eval_examples()) == 9  # the original task is unchanged
+    assert test.info()["eval_split"] == "eval/arc_challenge/test.jsonl"
+    assert [e.id for e in test.kshot_pool()] == [e.id for e in task.kshot_pool()]
+
+
+def test_with_eval_split_merges_hub_arguments(compose_cfg):
+    task = load_task(compose_cfg, "arc_c")
+    test = task.with_eval_split({"hub": {"split": "test"}})
+    assert test.eval_source.hub == {"path": "allenai/ai2_arc", "name": "ARC-Challenge", "split": "test"}
+    assert test.eval_source.local == task.eval_source.local
+    assert task.eval_source.hub["split"] == "validation"
+
+
+def test_with_eval_split_keeps_the_holdout_of_the_original_split(compose_cfg):
+    task = load_task(compose_cfg, "piqa", kshot_holdout=5)
+    held = {e.id for e in task.kshot_pool()}
+    same = task.with_eval_split({"local": "eval/piqa/test.jsonl"})
+    assert [e.id for e in same.kshot_pool()] == [e.id for e in task.kshot_pool()]
+    assert not held & {e.id for e in same.eval_examples()}
+    assert len(same.eval_examples()) == 24 - 5
+
+
+def test_with_eval_split_rejects_unknown_keys(compose_cfg):
+    task = load_task(compose_cfg, "arc_c")
+    with pytest.raises(ConfigError, match=r"eval\.split: unknown key\(s\) locl"):
+        task.with_eval_split({"locl": "x.jsonl"})
+    with pytest.raises(ConfigError, match="eval.split: expected a mapping"):
+        task.with_eval_split("eval/arc_challenge/test.jsonl")  # type: ignore[arg-type]
