@@ -217,11 +217,38 @@ def results_table(grid: ResultGrid, runs: Sequence[RunRecord], fixed: dict[str, 
     ]
     metric_names = ", ".join(f"{task_title(t)}: {'/'.join(sorted(grid.metrics[t]))}" for t in grid.tasks)
     notes.append(f"Primary metric per task: {metric_names}.")
+    eval_sets = _eval_sets(runs, grid.tasks)
+    if eval_sets:
+        notes.append(f"Evaluated on: {eval_sets}.")
     if grid.oracle_rows:
         notes.append("[oracle] / (oracle): selected on eval-split labels, an upper reference, not a K-shot method.")
     if fixed:
         notes.append("Fixed in every run: " + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ".")
     return Table(name, title, columns, rows, csv_rows, notes)
+
+
+def _split_name(where: Any) -> str:
+    """A task_info ``eval_split`` (a local path, or hub arguments) as text."""
+    if isinstance(where, dict):
+        return " ".join(str(where[k]) for k in ("path", "name", "split") if where.get(k) is not None)
+    return str(where)
+
+
+def _eval_sets(runs: Sequence[RunRecord], tasks: Sequence[str]) -> str:
+    """Per task, the eval split(s) and item counts the runs report (``task_info``, ``eval.n``)."""
+    parts = []
+    for t in tasks:
+        seen = sorted(
+            {
+                (_split_name((r.metrics.get("task_info") or {}).get("eval_split", "")), int(r.eval["n"]))
+                for r in runs
+                if r.task == t and isinstance(r.eval.get("n"), int)
+            }
+        )
+        if seen:
+            desc = "; ".join(f"`{w}`, n = {n}" if w else f"n = {n}" for w, n in seen)
+            parts.append(f"{task_title(t)}: {desc}")
+    return ", ".join(parts)
 
 
 def _fmt_cell(c: CellStats | None, bold: bool) -> str:

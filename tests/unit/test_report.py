@@ -158,6 +158,22 @@ def test_single_draw_has_no_std_and_missing_task_no_avg(tmp_path):
     assert "| ROCKET | **75.00 (1)** | — | — |" in md
 
 
+def test_table_notes_name_the_eval_split_and_n(tmp_path):
+    root = tmp_path / "s"
+    test_split = {"eval_split": "eval/arc_challenge/test.jsonl"}
+    hub = {"eval_split": {"path": "ybisk/piqa", "name": None, "split": "validation"}}
+    write_run(root, "0", task="arc_c", method="base", task_info=test_split)
+    write_run(root, "1", task="arc_c", method="rocket", task_info=test_split)
+    write_run(root, "2", task="piqa", method="base", task_info=hub)
+    write_run(root, "3", task="piqa", method="rocket")  # an older run without task_info
+    build_report(root)
+    md = (root / "report" / "tables" / "table1_method.md").read_text()
+    assert (
+        "Evaluated on: ARC-c: `eval/arc_challenge/test.jsonl`, n = 100, "
+        "PiQA: n = 100; `ybisk/piqa validation`, n = 100." in md
+    )
+
+
 def test_k_shot_sweep_table_and_curve(tmp_path):
     root = tmp_path / "ksweep"
     scores = {1: 0.3, 5: 0.5, 20: 0.6}
