@@ -9,6 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kexpert.utils.errors import KExpertError
+from kexpert.utils.resolvers import register_resolvers
+
+# Every entry point imports this module before ``@hydra.main`` composes, so the configs' resolvers exist.
+register_resolvers()
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
