@@ -66,11 +66,14 @@ def run(cfg: DictConfig) -> EvalResult:
         sandbox_timeout_s=ev.sandbox_timeout_s,
         progress=ev.progress,
     )
+    adapter = cfg.get("adapter")
     metrics = {
+        "score": result.score,
+        "label": Path(adapter).name if adapter else "base model",
         "eval": result.metrics,
         "task_info": task.info(),
         "model": spec.identity,
-        "adapter": cfg.get("adapter"),
+        "adapter": adapter,
         "config_hash": sha1_of(to_container(cfg)),
         "model_load_s": round(load_s, 3),
         "provenance": provenance(),

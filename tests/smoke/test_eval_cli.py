@@ -32,6 +32,7 @@ def test_eval_writes_metrics_and_predictions(tmp_path, fixture_data_dir):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["eval"]["n"] == 5 and m["eval"]["task"] == "arc_e"
     assert {"config_hash", "provenance", "model", "task_info"} <= set(m)
+    assert m["score"] == m["eval"][m["eval"]["primary_metric"]] and m["label"] == "base model"
     assert m["provenance"]["versions"]["torch"]
     preds = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 5
