@@ -6,11 +6,17 @@ more than chance. That is far more sensitive than comparing two independent 95% 
 
     python experiments/study_smollm2/paired.py outputs/sweeps/main_table_arc_e --baseline-dir outputs/runs/arc_e/<base>
 
-Run dirs are found recursively (a sweep dir with nested sweeps in subfolders is one argument). The baseline is the
-first run whose ``metrics.json`` has ``<--key> == --baseline`` (default: ``method == base``) among
-the sweep dirs and ``--baseline-dir``; an ablation compares against one of its own rows, e.g.
-``--key expert_selection --baseline rocket`` or ``--key k_shot --baseline 50``. Prints a markdown table; ``--out``
-also writes it to a file.
+Run dirs are found recursively (a sweep dir with nested sweeps in subfolders is one argument). Each run is paired
+with the baseline run of its own K-shot draw (``data_seed``): a run whose ``metrics.json`` has
+``<--key> == --baseline`` (default: ``method == base``), taken from the sweep dirs or, when ``--baseline-dir`` is
+given, only from those dirs (run or sweep dirs). An ablation compares against one of its own rows, e.g.
+``--key expert_selection --baseline rocket`` or ``--key k_shot --baseline 50``; two sweeps of the same methods
+compare draw by draw, e.g. the same method at another learning rate:
+
+    python experiments/study_smollm2/paired.py outputs/sweeps/paper_lr_arc_e --baseline rocket \
+        --baseline-dir outputs/sweeps/main_table_arc_e
+
+Prints a markdown table; ``--out`` also writes it to a file.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from kexpert.report.factors import ignored_override
@@ -100,7 +107,13 @@ def main() -> None:
     ap.add_argument("sweep_dirs", nargs="+", type=Path, help="run or multirun dirs, searched recursively")
     ap.add_argument("--key", default="method", help="metrics.json field that names the baseline (default: method)")
     ap.add_argument("--baseline", default="base", help="value of --key of the baseline run (default: base)")
-    ap.add_argument("--baseline-dir", type=Path, default=None, help="a run dir holding the baseline")
+    ap.add_argument(
+        "--baseline-dir",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="run or sweep dirs (searched recursively) that hold the baseline runs; then only these are baselines",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -108,20 +121,25 @@ def main() -> None:
     varying = varying_overrides([m for _, (m, _) in runs])
     base_pool = list(runs)
     if args.baseline_dir is not None:
-        b = load_run(args.baseline_dir)
-        if b is None:
+        base_pool = [(p, r) for p in run_dirs(args.baseline_dir) if (r := load_run(p)) is not None]
+        if not base_pool:
             raise SystemExit(f"{args.baseline_dir}: no evaluated run (metrics.json with a score + predictions.jsonl)")
-        base_pool.insert(0, (args.baseline_dir, b))
+    base_paths = {p for p, _ in base_pool}
 
     def is_base(m: dict) -> bool:
         return str(m.get(args.key)) == args.baseline
 
     bases = [(p, r) for p, r in base_pool if is_base(r[0])]
     if not bases:
-        raise SystemExit(f"no run with {args.key}={args.baseline!r} in {[str(d) for d in args.sweep_dirs]}")
-    by_draw = {}
+        where = args.baseline_dir or args.sweep_dirs
+        raise SystemExit(f"no run with {args.key}={args.baseline!r} in {[str(d) for d in where]}")
+    by_draw: dict = {}
     for p, r in bases:
-        by_draw.setdefault(r[0].get("data_seed"), (p, r))
+        draw = r[0].get("data_seed")
+        if draw in by_draw:
+            print(f"note: draw {draw}: several baseline runs; using {by_draw[draw][0]}, not {p}", file=sys.stderr)
+            continue
+        by_draw[draw] = (p, r)
     bpath, (bm, bc) = bases[0]
     lines = [
         f"Baseline: {bm.get('label') or bm.get('method')} ({bpath}), acc {100 * bm['score']:.1f} on n={len(bc)}; "
@@ -131,7 +149,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for _path, (m, c) in sorted(runs, key=lambda x: (describe(x[1][0], varying), x[1][0].get("data_seed", 0))):
-        if is_base(m):
+        if _path in base_paths and is_base(m):
             continue
         _, (_, bc) = by_draw.get(m.get("data_seed"), bases[0])
         common = sorted(set(c) & set(bc))

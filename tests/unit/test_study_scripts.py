@@ -104,3 +104,22 @@ def test_an_override_that_differs_between_runs_is_named(tmp_path: Path) -> None:
     assert len(rows) == 2
     assert sum("expert_selection.signals.accuracy_mode=loglikelihood" in r for r in rows) == 1
     assert not any("data_seed=" in r for r in rows)
+
+
+def test_baseline_sweep_pairs_the_same_method_draw_by_draw(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for seed, bits in ((0, [True, False, False, False]), (1, [True, True, False, False])):
+        _run_dir(old, f"{seed}_rocket", "rocket", bits, data_seed=seed)
+    _run_dir(old / "router_only", "0_rocket", "rocket", [False] * 4, data_seed=0)  # a second draw-0 candidate
+    _run_dir(new, "0_rocket", "rocket", [True, True, True, False], data_seed=0)
+    _run_dir(new, "1_rocket", "rocket", [True, True, True, True], data_seed=1)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(new), "--baseline", "rocket", "--baseline-dir", str(old)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| rocket")]
+    # the new sweep's rocket runs are listed (not taken as baselines), each against its own draw's old run
+    assert rows == ["| rocket | 0 | 75.0 | 25.0 | 2 | 0 | 0.500 |", "| rocket | 1 | 100.0 | 50.0 | 2 | 0 | 0.500 |"]
+    assert "several baseline runs" in out.stderr and "router_only" in out.stderr
