@@ -66,3 +66,27 @@ def test_malformed_jsonl_is_one_clear_error(tmp_path, fixture_data_dir):
     assert r.returncode == 2
     assert "test.jsonl:3: malformed JSON" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_multirun_job_dirs_stay_flat_when_an_override_holds_a_path(tmp_path, fixture_data_dir):
+    """An override value with '/' (a file, an adapter dir) must not nest the job dir; the summary finds every job."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEXPERT_CACHE_DIR": str(tmp_path / "cache")}
+    env["KEXPERT_DATA_DIR"] = str(fixture_data_dir)
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "eval.py",
+        "-m",
+        "base_model=tiny",
+        "task=arc_e",
+        "eval.limit=2",
+        "eval.progress=false",
+        "eval.split={local:eval/arc_easy/test.jsonl}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    jobs = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(jobs) == 1 and (jobs[0] / "metrics.json").exists(), [str(p) for p in sweep.rglob("metrics.json")]
+    assert "eval_arc_easy_test.jsonl" in jobs[0].name
+    assert jobs[0].name in (sweep / "summary.md").read_text()
