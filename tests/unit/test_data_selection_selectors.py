@@ -138,3 +138,16 @@ def test_bad_selector_config():
         KDESelector(gamma=0)
     with pytest.raises(ConfigError, match="epsilon >= 0"):
         ConvexHullSelector(epsilon=-1)
+
+
+def test_flat_kde_density_is_reported(data, caplog):
+    pool, kshot = data
+    with caplog.at_level("WARNING", logger="kexpert.selection.data.selectors"):
+        flat = KDESelector(budget=50, gamma=2.0, dedup=None, seed=0).select(pool, kshot)
+    assert "close to uniform" in caplog.text and "gamma=2" in caplog.text
+    assert flat.stats["density_max_over_min"] <= np.exp(2 / 2.0**2) + 1e-9  # the kernel's bound on unit vectors
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kexpert.selection.data.selectors"):
+        sharp = KDESelector(budget=50, gamma=0.2, dedup=None, seed=0).select(pool, kshot)
+    assert "close to uniform" not in caplog.text
+    assert sharp.stats["density_max_over_min"] > 100

@@ -182,11 +182,15 @@ def _gumbel_top(log_weights: np.ndarray, c: int, seed: int) -> np.ndarray:
     return np.sort(top_c((log_weights + g).astype(np.float64), c))
 
 
+FLAT_KDE_SPREAD = 2.0  # a max/min density ratio below this makes the KDE draw nearly uniform
+
+
 class KDESelector(Selector):
     """Sample C items by a Gaussian KDE over the K-shot embeddings (Eq. 17), then dedup.
 
     ``p(u) = 1/(K gamma) sum_i exp(-||u - u_i||^2 / (2 gamma^2))``, sampled without replacement in proportion
-    to ``p`` (Gumbel top-k). The paper reports gamma = 2 and 10.
+    to ``p`` (Gumbel top-k). The paper reports gamma = 2 and 10; on unit-norm embeddings (squared distances
+    0-4) those make ``p`` nearly flat, so the draw is close to uniform and a warning says so.
 
     Args:
         budget: C.
@@ -223,10 +227,19 @@ class KDESelector(Selector):
         return out
 
     def candidates(self, pool: np.ndarray, kshot: np.ndarray, ks: KShotScores) -> Candidates:
-        """A density-weighted draw."""
+        """A density-weighted draw; warns when the density is so flat that the draw is close to uniform."""
         p = self.density(pool, kshot)
+        spread = float(p.max() / max(p.min(), 1e-300)) if len(p) else 1.0
+        if len(p) and spread < FLAT_KDE_SPREAD:
+            log.warning(
+                "data_selection.gamma=%g: the KDE density varies only %.2fx across the pool, so this draw is close "
+                "to uniform random sampling (on unit-norm embeddings squared distances are 0-4, and the kernel "
+                "spans at most exp(2/gamma^2)); a gamma of 0.5 or less concentrates on the K-shot neighbourhoods",
+                self.gamma,
+                spread,
+            )
         cand = _gumbel_top(np.log(np.maximum(p, 1e-300)), self.budget, self.seed)
-        return Candidates(cand, {"kde_density": p[cand]}, {"gamma": self.gamma})
+        return Candidates(cand, {"kde_density": p[cand]}, {"gamma": self.gamma, "density_max_over_min": spread})
 
 
 def hull_distance(points: np.ndarray, vertices: np.ndarray, weight: float = 1e3) -> np.ndarray:
