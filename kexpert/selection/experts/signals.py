@@ -347,13 +347,17 @@ class BankScorer:
 
 
 class _NoAdapter:
-    """A generation-only view of a ``PeftModel`` with its adapters disabled (for the base-model rationale model)."""
+    """A view of a ``PeftModel`` with its adapters disabled (forward and generate; the base-model rationale model)."""
 
     def __init__(self, model) -> None:
         self._model = model
 
     def __getattr__(self, name: str):
         return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        with self._model.disable_adapter():
+            return self._model(*args, **kwargs)
 
     def generate(self, **kwargs):
         with self._model.disable_adapter():
