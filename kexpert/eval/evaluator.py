@@ -48,6 +48,7 @@ def evaluate(
     seed: int = 0,
     mode: str | None = None,
     batch_size: int = 8,
+    generate_batch_size: int | None = None,
     max_length: int = 2048,
     sandbox_timeout_s: float = 10.0,
     progress: bool = True,
@@ -64,7 +65,9 @@ def evaluate(
         limit: Deterministic subset size.
         seed: Seed of the subset.
         mode: Override the task's eval mode.
-        batch_size: Sequences per forward.
+        batch_size: Sequences per forward (log-likelihood scoring; generation too unless ``generate_batch_size``).
+        generate_batch_size: Rows decoded together in ``generate`` mode (``None``: ``batch_size``). Decoding
+            retires finished rows, so a larger batch than scoring uses keeps the CPU or GPU busier.
         max_length: Prompt truncation (from the left) in tokens.
         sandbox_timeout_s: Per-program wall-clock limit for MBPP.
         progress: Progress bars.
@@ -85,7 +88,15 @@ def evaluate(
         )
     else:
         preds, metrics = _eval_generate(
-            task, model, tokenizer, prompt_format, examples, batch_size, max_length, sandbox_timeout_s, progress
+            task,
+            model,
+            tokenizer,
+            prompt_format,
+            examples,
+            generate_batch_size or batch_size,
+            max_length,
+            sandbox_timeout_s,
+            progress,
         )
     metrics.update(
         task=task.name,

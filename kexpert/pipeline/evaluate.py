@@ -62,6 +62,7 @@ def run(cfg: DictConfig) -> EvalResult:
         seed=ev.seed,
         mode=ev.mode,
         batch_size=ev.batch_size,
+        generate_batch_size=ev.get("generate_batch_size"),
         max_length=ev.max_length,
         sandbox_timeout_s=ev.sandbox_timeout_s,
         progress=ev.progress,

@@ -464,6 +464,7 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                 kwargs = dict(
                     mode=ev.mode,
                     batch_size=ev.batch_size,
+                    generate_batch_size=ev.get("generate_batch_size"),
                     max_length=ev.max_length,
                     sandbox_timeout_s=ev.sandbox_timeout_s,
                     progress=ev.progress,

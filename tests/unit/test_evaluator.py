@@ -71,3 +71,18 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and 0.2 < hi < 0.35
+
+
+@pytest.mark.parametrize(("gen_bs", "want"), [(5, 5), (None, 2)])
+def test_generate_batch_size_reaches_the_decoder(compose_cfg, tiny_model, tiny_tokenizer, monkeypatch, gen_bs, want):
+    t = task(compose_cfg, "gsm8k")
+    seen = {}
+
+    def fake(model, tok, prompts, **kw):
+        seen.update(kw)
+        return [""] * len(prompts)
+
+    monkeypatch.setattr(ev_mod, "generate_greedy", fake)
+    evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=2, batch_size=2, generate_batch_size=gen_bs,
+             progress=False)  # fmt: skip
+    assert seen["batch_size"] == want

@@ -49,6 +49,7 @@ class SignalConfig:
     Attributes:
         accuracy_mode: ``generate`` (the paper) or ``loglikelihood``; ``null`` = the task's eval mode.
         batch_size: Sequences per forward.
+        generate_batch_size: Rows decoded together for the generated K-shot accuracy.
         max_length: Context truncation (from the left) in tokens.
         mixed_batches: Score perplexities of all adapters in one pass with mixed-adapter batches (else one
             pass per adapter).
@@ -61,6 +62,7 @@ class SignalConfig:
 
     accuracy_mode: str | None = "generate"
     batch_size: int = 16
+    generate_batch_size: int = 32
     max_length: int = 1024
     mixed_batches: bool = True
     score_base: bool = True
@@ -75,8 +77,8 @@ class SignalConfig:
                 "expert_selection.signals.accuracy_mode: expected generate|loglikelihood|null, "
                 f"got {self.accuracy_mode!r}"
             )
-        if self.batch_size < 1:
-            raise ConfigError("expert_selection.signals.batch_size must be >= 1")
+        if self.batch_size < 1 or self.generate_batch_size < 1:
+            raise ConfigError("expert_selection.signals.batch_size and generate_batch_size must be >= 1")
         self.extra = list(self.extra or [])
         bad = [s for s in self.extra if s not in SIGNALS]
         if bad:
@@ -282,7 +284,13 @@ class BankScorer:
         tok = self.base()[1]
         out = {}
         for n in tqdm(names, desc=f"{self.task.name} accuracy ({mode})", disable=not self.cfg.progress):
-            kwargs = dict(mode=mode, batch_size=self.cfg.batch_size, max_length=self.cfg.max_length, progress=False)
+            kwargs = dict(
+                mode=mode,
+                batch_size=self.cfg.batch_size,
+                generate_batch_size=self.cfg.generate_batch_size,
+                max_length=self.cfg.max_length,
+                progress=False,
+            )
             if n == BASE:
                 with model.disable_adapter():
                     res = evaluate(self.task, model, tok, self.pf, examples=examples, **kwargs)
