@@ -1,9 +1,15 @@
-"""Linear composition of LoRA adapters, written as one standard PEFT adapter.
+"""Linear compositions of LoRA adapters, each written as one standard PEFT adapter.
 
-``sum_i w_i * s_i * B_i @ A_i`` is itself a LoRA of rank ``sum_i r_i``: stack the ``A_i`` and put
-``w_i * s_i * B_i`` side by side, with scaling 1 (alpha = rank). The result is exact (no SVD) and loads in any
-LoRA server. Used by the uniform-merge and LoRAHub baselines (METHOD.md §9); modules an adapter does not
-adapt contribute zero blocks.
+Two compositions (``composition=``):
+
+* ``sum``: ``sum_i w_i * s_i * B_i @ A_i``, the weighted sum of the adapters' updates. It is itself a LoRA of rank
+  ``sum_i r_i``: stack the ``A_i`` and put ``w_i * s_i * B_i`` side by side, with scaling 1 (alpha = rank). Exact
+  (no SVD); modules an adapter does not adapt contribute zero blocks. The uniform-merge baseline uses it.
+* ``elementwise``: LoRAHub's (Huang et al., 2024, Eq. 2; its ``get_final_weights``): the A and B matrices are
+  combined entry by entry, ``A = sum_i w_i A_i`` and ``B = sum_i w_i s_i B_i``, so the update is
+  ``(sum_i w_i s_i B_i) @ (sum_i w_i A_i)``, a LoRA of the adapters' common rank. Every adapter must adapt the same
+  modules with the same rank. LoRAHub sums state dicts and keeps one scaling; folding each ``s_i`` into ``B_i`` is
+  the same when the scalings agree and still defined when they do not.
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ import torch
 from kexpert.bank.adapter import LoRAAdapter
 from kexpert.utils.errors import ConfigError
 
+COMPOSITIONS = ("sum", "elementwise")
+
 
 def merged_modules(
-    adapters: Sequence[LoRAAdapter], weights: Sequence[float]
+    adapters: Sequence[LoRAAdapter], weights: Sequence[float], composition: str = "sum"
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module path -> ``(A_cat (R, d_in), B_cat (d_out, R))`` with ``B_cat @ A_cat = sum_i w_i s_i B_i A_i``."""
+    """Module path -> ``(A (R, d_in), B (d_out, R))`` of the composed adapter (see the module docstring)."""
     if len(adapters) != len(weights) or not adapters:
         raise ConfigError("merge: need one weight per adapter (and at least one adapter)")
+    if composition not in COMPOSITIONS:
+        raise ConfigError(f"merge: composition must be one of {list(COMPOSITIONS)}, got {composition!r}")
+    if composition == "elementwise":
+        return _elementwise(adapters, weights)
     paths = sorted({m for a in adapters for m in a.modules})
     out = {}
     for path in paths:
@@ -39,18 +51,51 @@ def merged_modules(
     return out
 
 
-def delta_weights(adapters: Sequence[LoRAAdapter], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Module path -> dense ``sum_i w_i s_i B_i A_i`` (d_out, d_in)."""
-    return {p: b @ a for p, (a, b) in merged_modules(adapters, weights).items()}
+def _elementwise(
+    adapters: Sequence[LoRAAdapter], weights: Sequence[float]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    first = adapters[0]
+    paths = sorted(first.modules)
+    for adapter in adapters[1:]:
+        if set(adapter.modules) != set(paths):
+            extra = sorted(set(adapter.modules) ^ set(paths))[:3]
+            raise ConfigError(
+                f"merge (elementwise): {adapter.path} adapts other modules than {first.path} (e.g. {extra}); "
+                "LoRAHub's composition needs adapters of one architecture (or use composition=sum)"
+            )
+        for path in paths:
+            if adapter.modules[path].rank != first.modules[path].rank:
+                raise ConfigError(
+                    f"merge (elementwise): {path} has rank {adapter.modules[path].rank} in {adapter.path} but "
+                    f"{first.modules[path].rank} in {first.path}; LoRAHub's composition needs one rank "
+                    "(or use composition=sum)"
+                )
+    out = {}
+    for path in paths:
+        a = sum(float(w) * ad.modules[path].A.float() for ad, w in zip(adapters, weights))
+        b = sum(float(w) * ad.modules[path].scaling * ad.modules[path].B.float() for ad, w in zip(adapters, weights))
+        out[path] = (a, b)
+    return out
+
+
+def delta_weights(
+    adapters: Sequence[LoRAAdapter], weights: Sequence[float], composition: str = "sum"
+) -> dict[str, torch.Tensor]:
+    """Module path -> the composed adapter's dense update ``B @ A`` (d_out, d_in)."""
+    return {p: b @ a for p, (a, b) in merged_modules(adapters, weights, composition).items()}
 
 
 def save_merged_adapter(
-    adapters: Sequence[LoRAAdapter], weights: Sequence[float], out_dir: str | Path, base_model: str
+    adapters: Sequence[LoRAAdapter],
+    weights: Sequence[float],
+    out_dir: str | Path,
+    base_model: str,
+    composition: str = "sum",
 ) -> Path:
-    """Write the weighted sum of ``adapters`` as a PEFT LoRA adapter dir (per-module ranks in ``rank_pattern``)."""
+    """Write the composition of ``adapters`` as a PEFT LoRA adapter dir (per-module ranks in ``rank_pattern``)."""
     from safetensors.torch import save_file
 
-    mods = merged_modules(adapters, weights)
+    mods = merged_modules(adapters, weights, composition)
     ranks = {p: int(a.shape[0]) for p, (a, _) in mods.items()}
     r = max(ranks.values())
     cfg = {

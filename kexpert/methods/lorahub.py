@@ -1,9 +1,16 @@
 """LoRAHub (Huang et al., COLM 2024; METHOD.md §9): gradient-free search of linear composition weights.
 
-The composed update is ``sum_i w_i * s_i * B_i A_i`` over candidate LoRAs. Weights are searched with
-nevergrad (the optimiser LoRAHub itself uses, ``NGOpt``) to minimise the K-shot loss plus an L1 penalty,
-each candidate applied to the base weights in place (:class:`~kexpert.bank.merge.WeightPatcher`). Only the
-composition weights are learned; the result is saved as one exact PEFT adapter.
+As LoRAHub composes its modules, the candidates' A and B matrices are combined entry by entry with the weights w,
+giving the update ``(sum_i w_i s_i B_i)(sum_i w_i A_i)`` (``composition=elementwise``; ``sum`` composes the updates
+``sum_i w_i s_i B_i A_i`` instead). The weights start at 0 and are searched with nevergrad (LoRAHub's own optimiser,
+``NGOpt``, 40 steps, box [-1.5, 1.5]) to minimise the K-shot loss plus LoRAHub's regulariser
+``0.05 * mean_i |w_i|``. Each candidate composition is patched into the base weights in place
+(:class:`~kexpert.bank.merge.WeightPatcher`); only the composition weights are learned, and the result is saved as
+one exact PEFT adapter.
+
+The loss is the mean NLL per response token over the objective's items. The official ``get_loss`` divides the sum
+of its batch losses by the number of examples, which for its default single batch scales the loss by 1/K and so
+makes the regulariser K times stronger; ``method.l1=2.5`` reproduces that weighting at K=50.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class LoRAHubMethod(Method):
         num_candidates: Candidates for ``random`` (LoRAHub's default is 20).
         budget: Objective evaluations (LoRAHub's ``max_inference_step``, default 40).
         l1: L1 regularisation weight (LoRAHub: 0.05).
+        l1_reduction: ``mean`` (LoRAHub: ``0.05 * sum|w| / n``) or ``sum`` of the absolute weights.
+        composition: ``elementwise`` (LoRAHub: A and B combined entry by entry) or ``sum`` (the updates).
         bounds: Box for each weight (LoRAHub: [-1.5, 1.5]).
         optimizer: nevergrad optimiser name.
         data: ``kshot`` (LoRAHub) or ``kshot+selected`` (LoRAHub†: the objective uses D_K + D_A).
@@ -47,6 +56,8 @@ class LoRAHubMethod(Method):
         num_candidates: int = 20,
         budget: int = 40,
         l1: float = 0.05,
+        l1_reduction: Literal["mean", "sum"] = "mean",
+        composition: Literal["elementwise", "sum"] = "elementwise",
         bounds: tuple[float, float] = (-1.5, 1.5),
         optimizer: str = "NGOpt",
         data: str = "kshot",
@@ -58,6 +69,11 @@ class LoRAHubMethod(Method):
             raise ConfigError("method.data: LoRAHub needs the K-shot for its objective")
         if candidates not in ("selected", "random"):
             raise ConfigError(f"method.candidates: expected selected|random, got {candidates!r}")
+        if l1_reduction not in ("mean", "sum"):
+            raise ConfigError(f"method.l1_reduction: expected mean|sum, got {l1_reduction!r}")
+        if composition not in ("elementwise", "sum"):
+            raise ConfigError(f"method.composition: expected elementwise|sum, got {composition!r}")
+        self.l1_reduction, self.composition = l1_reduction, composition
         self.candidates, self.num_candidates, self.budget = candidates, int(num_candidates), int(budget)
         self.l1, self.bounds, self.optimizer, self.batch_size = float(l1), tuple(bounds), optimizer, batch_size
         self.needs_experts = candidates == "selected"
@@ -69,6 +85,8 @@ class LoRAHubMethod(Method):
             "num_candidates": self.num_candidates,
             "budget": self.budget,
             "l1": self.l1,
+            "l1_reduction": self.l1_reduction,
+            "composition": self.composition,
             "bounds": list(self.bounds),
             "optimizer": self.optimizer,
         }
@@ -94,11 +112,12 @@ class LoRAHubMethod(Method):
         patcher = WeightPatcher(model)
 
         def objective(w: np.ndarray) -> float:
-            patcher.apply(delta_weights(adapters, list(map(float, w))))
+            patcher.apply(delta_weights(adapters, list(map(float, w)), self.composition))
             scores = score_continuations(model, tok, pairs, batch_size=self.batch_size)
             patcher.restore()
             nll = sum(-s.logprob for s in scores) / max(sum(s.num_tokens for s in scores), 1)
-            return float(nll + self.l1 * np.abs(w).sum())
+            reg = np.abs(w).mean() if self.l1_reduction == "mean" else np.abs(w).sum()
+            return float(nll + self.l1 * reg)
 
         param = ng.p.Array(init=np.zeros(len(names))).set_bounds(*self.bounds)
         opt = ng.optimizers.registry[self.optimizer](parametrization=param, budget=self.budget)
@@ -111,7 +130,7 @@ class LoRAHubMethod(Method):
             history.append(round(loss, 5))
             log.info("lorahub step %d/%d: loss %.4f", step + 1, self.budget, loss)
         best = np.asarray(opt.provide_recommendation().value, dtype=float)
-        save_merged_adapter(adapters, best.tolist(), out_dir / "adapter", ctx.base_spec.identity)
+        save_merged_adapter(adapters, best.tolist(), out_dir / "adapter", ctx.base_spec.identity, self.composition)
         info = {
             "method": self.name,
             "candidates": names,

@@ -68,6 +68,21 @@ def test_method_options_instantiate():
         assert m.name == f.stem and m.label
 
 
+@pytest.mark.parametrize("option", ["lorahub", "lorahub_data"])
+def test_lorahub_defaults_are_lorahubs_and_bad_values_are_named(option):
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"method={option}"])
+    m = instantiate(cfg.method)
+    assert (m.composition, m.l1_reduction, m.l1, m.budget, m.bounds) == ("elementwise", "mean", 0.05, 40, (-1.5, 1.5))
+    for key, bad in (("composition", "concat"), ("l1_reduction", "max")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"method={option}", f"method.{key}={bad}"])
+        with pytest.raises(Exception, match=f"method.{key}"):
+            instantiate(cfg.method)
+
+
 def test_methods_declare_what_their_artifact_depends_on():
     """The bank and the seed enter a method's cache key exactly when its artifact depends on them."""
     from hydra.utils import instantiate
