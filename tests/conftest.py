@@ -62,3 +62,17 @@ def compose_cfg(tmp_path, fixture_data_dir):
         return cfg
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls when the shared CPU is busy (250x slower with 2).
+
+    Use it per module with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

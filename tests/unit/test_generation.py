@@ -7,13 +7,7 @@ import torch
 
 from kexpert.eval.generation import common_prefix_length, cut_at_stop, generate_greedy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def sharpen(model):

@@ -19,14 +19,7 @@ from kexpert.models.components.router import (
 )
 from kexpert.utils.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when the shared CPU is busy (250x slower with 2)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_layer(ranks, top_k, d_in=24, d_out=20, seed=0, dropout=0.0, compute="auto", zero_b=False):

@@ -23,14 +23,7 @@ from kexpert.models.routing_stats import collect_routing_stats, write_routing_re
 from kexpert.models.tiny import tiny_spec
 from kexpert.utils.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when the shared CPU is busy (250x slower with 2)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TEXTS = [

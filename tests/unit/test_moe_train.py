@@ -15,14 +15,7 @@ from kexpert.models.moe_checkpoint import load_expert
 from kexpert.models.tiny import tiny_spec
 from kexpert.pipeline.train_moe import train_moe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when the shared CPU is busy (250x slower with 2)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 ITEMS = [
