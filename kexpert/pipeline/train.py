@@ -451,6 +451,8 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                 ev_node.pop("split", None)  # no override: the same key as before eval.split existed
             else:
                 metrics["eval_split_overlap"] = pipe.eval_split_overlap(eval_task, method)
+            if (ev_node.get("mode") or eval_task.eval_mode) == "loglikelihood":
+                ev_node.pop("generate_batch_size", None)  # never read when nothing is generated: keep the key
             eval_inputs = {
                 "train": art.key,
                 "task": _node(cfg, "task"),
