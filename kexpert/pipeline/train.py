@@ -50,11 +50,13 @@ _VOLATILE = {
     "enable_model_summary",
     "logger",
     "callbacks",
+    # rows decoded together: each row's greedy tokens do not depend on its batch (tests/unit/test_generation.py)
+    "generate_batch_size",
 }
 
 
 def _clean(obj: Any) -> Any:
-    """Drop keys that do not change results (progress bars, where files go) from a cache-key description."""
+    """Drop keys that do not change results (progress bars, where files go, decoding batch size) from a cache key."""
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items() if k not in _VOLATILE}
     if isinstance(obj, list):
@@ -451,8 +453,6 @@ def _run(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str, Any]
                 ev_node.pop("split", None)  # no override: the same key as before eval.split existed
             else:
                 metrics["eval_split_overlap"] = pipe.eval_split_overlap(eval_task, method)
-            if (ev_node.get("mode") or eval_task.eval_mode) == "loglikelihood":
-                ev_node.pop("generate_batch_size", None)  # never read when nothing is generated: keep the key
             eval_inputs = {
                 "train": art.key,
                 "task": _node(cfg, "task"),

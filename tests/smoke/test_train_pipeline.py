@@ -69,8 +69,16 @@ def test_second_job_reuses_upstream_stages(sweep):
 
 def test_rerun_reuses_everything_and_stage_prefix(sweep, fixture_data_dir):
     tmp, _, metrics, _ = sweep
-    # generate_batch_size is never read by a log-likelihood eval, so it must not change the eval stage's key
-    r = train(tmp, fixture_data_dir, "task=arc_e", "moe.top_k=1", "eval.per_expert=true", "eval.generate_batch_size=7")
+    # generate_batch_size only batches decoding, so it must not change any stage's key
+    r = train(
+        tmp,
+        fixture_data_dir,
+        "task=arc_e",
+        "moe.top_k=1",
+        "eval.per_expert=true",
+        "eval.generate_batch_size=7",
+        "expert_selection.signals.generate_batch_size=5",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp / "run" / "metrics.json").read_text())
     assert all(v["reused"] for v in m["stage_cache"].values())
