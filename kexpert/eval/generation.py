@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 MIN_SHARED_PREFIX = 16
 """Shorter common prefixes are not worth a separate prefill."""
@@ -126,7 +131,8 @@ def generate_greedy(
         batch_size: Rows decoded together.
         max_prompt_length: Keep at most this many prompt tokens, the last ones (truncation from the left, so the
             question at the end of a few-shot prompt survives).
-        progress: Show a progress bar (a string is its label).
+        progress: Show a progress bar (a string is its label). With more than one batch, one log line per batch
+            also says how far it is, bar or not (a background job's log shows it).
         share_prefix: Prefill the prompts' common token prefix once (else every row prefills its whole prompt).
 
     Returns:
@@ -147,7 +153,9 @@ def generate_greedy(
 
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generating", disable=not progress)
+    label = progress if isinstance(progress, str) else "generating"
+    bar = tqdm(total=len(prompts), desc=label, disable=not progress)
+    t0 = time.perf_counter()
     try:
         shared = common_prefix_length(ids) if share_prefix and len(ids) > 1 else 0
         shared = min(shared, min(len(x) for x in ids) - 1)  # every row keeps >= 1 own token to prefill
@@ -166,6 +174,12 @@ def generate_greedy(
             for row, i in enumerate(idx):
                 outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
             bar.update(len(idx))
+            if len(order) > batch_size:
+                done, took = start + len(idx), time.perf_counter() - t0
+                log.info(
+                    "%s: %d/%d prompts in %.0f s (about %.0f s left)",
+                    label, done, len(order), took, took / done * (len(order) - done),
+                )  # fmt: skip
     finally:
         bar.close()
         model.train(was_training)

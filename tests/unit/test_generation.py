@@ -150,3 +150,15 @@ def test_disabled_adapter_view_generates_like_the_base_model(model, tiny_tokeniz
 def test_empty_and_zero_budget(model, tiny_tokenizer):
     assert generate_greedy(model, tiny_tokenizer, [], max_new_tokens=5) == []
     assert generate_greedy(model, tiny_tokenizer, ["abc"], max_new_tokens=0) == [""]
+
+
+def test_each_batch_logs_how_far_it_is(model, tiny_tokenizer, caplog):
+    """A background job's log shows a long generation's progress even with the bar off."""
+    with caplog.at_level("INFO", logger="kexpert.eval.generation"):
+        generate_greedy(model, tiny_tokenizer, PROMPTS, max_new_tokens=3, batch_size=3, progress="gsm8k generate")
+    lines = [r.getMessage() for r in caplog.records if r.name == "kexpert.eval.generation"]
+    assert [m.split(" in ")[0] for m in lines] == ["gsm8k generate: 3/4 prompts", "gsm8k generate: 4/4 prompts"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kexpert.eval.generation"):
+        generate_greedy(model, tiny_tokenizer, PROMPTS, max_new_tokens=3, batch_size=4)
+    assert not [r for r in caplog.records if r.name == "kexpert.eval.generation"]  # one batch: nothing to report
