@@ -1,4 +1,4 @@
-"""The study's analysis scripts (experiments/study_smollm2/paired.py, binary_auc.py)."""
+"""The study's analysis scripts (experiments/study_smollm2/paired.py, binary_auc.py, archive_runs.py)."""
 
 from __future__ import annotations
 
@@ -123,3 +123,37 @@ def test_baseline_sweep_pairs_the_same_method_draw_by_draw(tmp_path: Path) -> No
     # the new sweep's rocket runs are listed (not taken as baselines), each against its own draw's old run
     assert rows == ["| rocket | 0 | 75.0 | 25.0 | 2 | 0 | 0.500 |", "| rocket | 1 | 100.0 | 50.0 | 2 | 0 | 0.500 |"]
     assert "several baseline runs" in out.stderr and "router_only" in out.stderr
+
+
+def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> None:
+    src = tmp_path / "sweep"
+    base = _run_dir(src, "0_base", "base", [True, False, False, True])
+    other = _run_dir(src / "nested", "1_rocket", "rocket", [True, True, True, False])
+    (base / ".hydra").mkdir()
+    (base / ".hydra" / "overrides.yaml").write_text("- method=base\n")
+    rows = [{"id": f"q{i}", "correct": c, "pred": "A", "generation": "long text"} for i, c in enumerate([1, 1, 1, 0])]
+    (other / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dst = tmp_path / "archive"
+    out = subprocess.run(
+        [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "2 runs archived" in out.stdout
+    kept = [json.loads(x) for x in (dst / "nested" / "1_rocket" / "predictions.jsonl").read_text().splitlines()]
+    assert kept[0] == {"id": "q0", "correct": 1, "pred": "A"}
+    assert (dst / "0_base" / ".hydra" / "overrides.yaml").read_text() == "- method=base\n"
+    assert not list(dst.rglob("*.partial"))
+    assert _paired(str(dst)).replace(str(dst), str(src)) == _paired(str(src))  # the copy pairs like the original
+
+
+def test_archive_names_a_bad_predictions_line(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path / "sweep", "0_base", "base", [True])
+    (run / "predictions.jsonl").write_text('{"id": "q0", "correct": true}\n{"correct": false}\n')
+    out = subprocess.run(
+        [sys.executable, str(STUDY / "archive_runs.py"), str(tmp_path / "sweep"), str(tmp_path / "dst")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert "predictions.jsonl:2: expected a JSON object with 'id' and 'correct'" in out.stderr
+    assert not (tmp_path / "dst" / "0_base" / "metrics.json").exists()
