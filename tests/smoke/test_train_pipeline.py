@@ -30,6 +30,9 @@ def train(tmp_path, fixture_data_dir, *overrides, multirun=False, timeout=900):
     )
 
 
+FIRST_JOB = ("task=arc_e", "moe.top_k=1", "eval.per_expert=true")  # the sweep's first job, run alone
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, fixture_data_dir):
     """One multirun over moe.top_k: the whole pipeline twice, the second reusing the upstream stages."""
@@ -73,9 +76,7 @@ def test_rerun_reuses_everything_and_stage_prefix(sweep, fixture_data_dir):
     r = train(
         tmp,
         fixture_data_dir,
-        "task=arc_e",
-        "moe.top_k=1",
-        "eval.per_expert=true",
+        *FIRST_JOB,
         "eval.generate_batch_size=7",
         "expert_selection.signals.generate_batch_size=5",
     )
@@ -105,13 +106,7 @@ def test_eval_split_reuses_training_and_checks_overlap(sweep, fixture_data_dir):
     tmp, _, metrics, _ = sweep
     run_dir = tmp / "test_split"
     r = train(
-        tmp,
-        fixture_data_dir,
-        "task=arc_e",
-        "moe.top_k=1",
-        "eval.per_expert=true",
-        "eval.split={local:eval/arc_easy/test.jsonl}",
-        f"hydra.run.dir={run_dir}",
+        tmp, fixture_data_dir, *FIRST_JOB, "eval.split={local:eval/arc_easy/test.jsonl}", f"hydra.run.dir={run_dir}"
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
