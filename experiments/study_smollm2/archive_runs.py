@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
+
+from kexpert.utils.io import atomic_write
 
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def slim_predictions(src: Path) -> str:
@@ -57,17 +55,15 @@ def archive(src: Path, dst: Path) -> list[Path]:
     for run in runs:
         rel = run.relative_to(src)
         target = dst / rel
-        json.loads((run / "metrics.json").read_text())  # fail on a broken file before copying anything of it
+        metrics = (run / "metrics.json").read_text()
+        json.loads(metrics)  # fail on a broken file before copying anything of it
         preds = run / "predictions.jsonl"
         if preds.exists():
             _write_atomic(target / "predictions.jsonl", slim_predictions(preds))
         for name in HYDRA_FILES:
             if (run / name).exists():
                 _write_atomic(target / name, (run / name).read_text())
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = target / ".metrics.json.partial"
-        shutil.copyfile(run / "metrics.json", tmp)
-        os.replace(tmp, target / "metrics.json")  # last: a run counts once its metrics are in place
+        _write_atomic(target / "metrics.json", metrics)  # last: a run counts once its metrics are in place
         written.append(rel)
     return written
 

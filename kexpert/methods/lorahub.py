@@ -71,8 +71,10 @@ class LoRAHubMethod(Method):
             raise ConfigError(f"method.candidates: expected selected|random, got {candidates!r}")
         if l1_reduction not in ("mean", "sum"):
             raise ConfigError(f"method.l1_reduction: expected mean|sum, got {l1_reduction!r}")
-        if composition not in ("elementwise", "sum"):
-            raise ConfigError(f"method.composition: expected elementwise|sum, got {composition!r}")
+        from kexpert.bank.merge import COMPOSITIONS
+
+        if composition not in COMPOSITIONS:
+            raise ConfigError(f"method.composition: expected one of {list(COMPOSITIONS)}, got {composition!r}")
         self.l1_reduction, self.composition = l1_reduction, composition
         self.candidates, self.num_candidates, self.budget = candidates, int(num_candidates), int(budget)
         self.l1, self.bounds, self.optimizer, self.batch_size = float(l1), tuple(bounds), optimizer, batch_size
