@@ -142,7 +142,7 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     kept = [json.loads(x) for x in (dst / "nested" / "1_rocket" / "predictions.jsonl").read_text().splitlines()]
     assert kept[0] == {"id": "q0", "correct": 1, "pred": "A"}
     assert (dst / "0_base" / ".hydra" / "overrides.yaml").read_text() == "- method=base\n"
-    assert not list(dst.rglob("*.partial"))
+    assert not [p for p in dst.rglob(".*") if p.is_file()]  # no temp file of atomic_write left behind
     assert _paired(str(dst)).replace(str(dst), str(src)) == _paired(str(src))  # the copy pairs like the original
 
 
