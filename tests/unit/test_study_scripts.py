@@ -1,4 +1,4 @@
-"""The study's analysis scripts (experiments/study_smollm2/paired.py, binary_auc.py, archive_runs.py)."""
+"""The study's analysis scripts in experiments/study_smollm2: paired, binary_auc, archive_runs, routing_init."""
 
 from __future__ import annotations
 
@@ -157,3 +157,21 @@ def test_archive_names_a_bad_predictions_line(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "predictions.jsonl:2: expected a JSON object with 'id' and 'correct'" in out.stderr
     assert not (tmp_path / "dst" / "0_base" / "metrics.json").exists()
+
+
+def _routing(layers: list[str], fractions: list[list[float]]) -> dict:
+    return {"layers": layers, "experts": [f"e{i}" for i in range(len(fractions[0]))], "fractions": fractions}
+
+
+def test_routing_compare_matches_layers_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(STUDY))
+    from routing_init import compare
+
+    a = _routing(["L0", "L1", "L2"], [[0.9, 0.8, 0.2, 0.1], [0.1, 0.9, 0.9, 0.1], [0.7, 0.5, 0.6, 0.2]])
+    same = compare(a, _routing(a["layers"][::-1], a["fractions"][::-1]))  # other layer order, same routing
+    assert same["r"] == pytest.approx(1.0) and same["mad"] == pytest.approx(0.0) and same["top2"] == 1.0
+    swapped = _routing(a["layers"], [row[::-1] for row in a["fractions"]])  # slots reversed
+    c = compare(a, swapped)
+    assert c["r"] < 0.5 and c["mad"] > 0.2 and c["top2"] == pytest.approx(1 / 3)  # only L1 keeps its top-2 slots
+    with pytest.raises(SystemExit, match="different layers"):
+        compare(a, _routing(["L0", "L1", "L9"], a["fractions"]))

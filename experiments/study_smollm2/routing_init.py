@@ -1,0 +1,132 @@
+"""Is the trained routing set by the router's random init? Routing of an untrained LoRA-MoE vs trained runs.
+
+The study's routing tables show the same per-slot token shares (about 0.58 / 0.55 / 0.51 / 0.36 of 2) on every
+task, whichever bank LoRAs fill the slots. This probe builds the LoRA-MoE exactly as ``train_moe`` does before its
+first step (``seed_everything(seed)``, load, inject, router init), does not train it, collects the fraction of
+tokens routed to each expert per layer on a task's eval texts (as the pipeline's routing report does), and
+compares it, per (layer, slot), with the ``routing.json`` of trained runs:
+
+    python experiments/study_smollm2/routing_init.py --task gsm8k --experts math_cot alpaca_demo mbpp_train sciq \
+        --seeds 0 1 --compare outputs/sweeps/main_table_gsm8k/draw1/0_*/routing/routing.json \
+        --out experiments/study_smollm2/routing_init
+
+``--experts`` can name LoRAs other than the trained run's, and ``--task`` another task's texts: if the
+correlation stays high with other experts and texts but not with another seed, the routing is the init's.
+Prints a markdown table (Pearson r over the 60 x N cells, mean absolute difference, share of layers whose two most
+used slots agree) and writes it, with each untrained ``routing.json``, under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose_train_cfg(task: str, overrides: list[str]):
+    """The ``train.py`` config for ``task`` (method=rocket), without running Hydra's app."""
+    from hydra import compose, initialize_config_dir
+
+    os.environ.setdefault("KEXPERT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"task={task}", "method=rocket", *overrides])
+
+
+def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
+    """Routing fractions of the LoRA-MoE as ``train_moe`` builds it at step 0 (no training)."""
+    import lightning as L
+
+    from kexpert.bank import read_manifest
+    from kexpert.models.inject import inject_lora_moe
+    from kexpert.models.routing_stats import collect_routing_stats, eval_texts
+    from kexpert.utils.instantiate import instantiate
+
+    task = instantiate(cfg.task, key="task")
+    base_spec = instantiate(cfg.base_model, key="base_model")
+    spec = instantiate(cfg.moe, key="moe")
+    bank_root = Path(cfg.bank.root)
+    bank = read_manifest(bank_root)
+    missing = [e for e in experts if e not in bank]
+    if missing:
+        raise SystemExit(f"{bank_root}: no bank entries {missing}; build it first: bank.py bank={cfg.bank.name}")
+    L.seed_everything(seed, workers=True, verbose=False)
+    model, tok = base_spec.load()
+    inj = inject_lora_moe(model, spec, [bank[e] for e in experts], base_spec.lora_target_modules)
+    if spec.router_init.needs_data:
+        raise SystemExit("this probe covers data-free router inits only (moe/router_init=default)")
+    spec.router_init(model, inj.layers, None)
+    examples = task.eval_examples(limit=limit, seed=cfg.eval.seed)
+    texts = eval_texts(task, examples, base_spec.prompt_format, tok)
+    stats = collect_routing_stats(model.eval(), tok, texts, expert_names=experts, batch_size=8, progress=True)
+    return {"layers": stats.layers, "experts": list(experts), "fractions": stats.fractions, "tokens": stats.tokens}
+
+
+def _matrix(routing: dict, layers: list[str]) -> torch.Tensor:
+    idx = {p: i for i, p in enumerate(routing["layers"])}
+    missing = [p for p in layers if p not in idx]
+    if missing:
+        raise SystemExit(f"routing files cover different layers (e.g. {missing[0]})")
+    return torch.tensor([routing["fractions"][idx[p]] for p in layers], dtype=torch.float64)
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Pearson r over (layer, slot), mean absolute difference, and agreement of each layer's top-2 slots."""
+    layers = list(a["layers"])
+    x, y = _matrix(a, layers), _matrix(b, layers)
+    if x.shape != y.shape:
+        raise SystemExit(f"routing files have {x.shape[1]} and {y.shape[1]} experts")
+    r = torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1].item()
+    top = [set(u.topk(2).indices.tolist()) == set(v.topk(2).indices.tolist()) for u, v in zip(x, y)]
+    return {"r": r, "mad": (x - y).abs().mean().item(), "top2": sum(top) / len(top)}
+
+
+def main() -> None:
+    """Build, route, compare, write."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="gsm8k")
+    ap.add_argument("--experts", nargs="+", required=True, help="bank entries, one per slot, in slot order")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--limit", type=int, default=100, help="eval items (the pipeline's routing report uses 100)")
+    ap.add_argument("--compare", nargs="+", type=Path, required=True, help="routing.json files of trained runs")
+    ap.add_argument("--label", default=None, help="name of this probe in the table (default: task and experts)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("overrides", nargs="*", help="train.py config overrides (e.g. moe.top_k=2)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trained = {}
+    for p in args.compare:
+        try:
+            trained[str(p)] = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{p}: expected a routing.json written by the routing report ({e})") from e
+    cfg = compose_train_cfg(args.task, args.overrides)
+    label = args.label or f"{args.task}: {', '.join(args.experts)}"
+    lines = [
+        "| untrained MoE | router seed | trained run | Pearson r (layer x slot) | mean abs diff | same top-2 slots |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in args.seeds:
+        routing = untrained_routing(cfg, args.experts, seed, args.limit)
+        if args.out:
+            d = args.out / f"{args.task}_{'-'.join(args.experts)}_seed{seed}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "routing.json").write_text(json.dumps(routing, indent=1) + "\n")
+        for name, t in trained.items():
+            c = compare(routing, t)
+            lines.append(f"| {label} | {seed} | {name} | {c['r']:.3f} | {c['mad']:.3f} | {100 * c['top2']:.0f}% |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with (args.out / "comparisons.md").open("a") as fh:
+            fh.write(text + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
