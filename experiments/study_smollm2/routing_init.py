@@ -12,6 +12,7 @@ compares it, per (layer, slot), with the ``routing.json`` of trained runs:
 
 ``--experts`` can name LoRAs other than the trained run's, and ``--task`` another task's texts: if the
 correlation stays high with other experts and texts but not with another seed, the routing is the init's.
+``--routing A.json ...`` compares existing routing files (e.g. two trained runs) instead of building a model.
 Prints a markdown table (Pearson r over the 60 x N cells, mean absolute difference, share of layers whose two most
 used slots agree) and writes it, with each untrained ``routing.json``, under ``--out``.
 """
@@ -85,11 +86,21 @@ def compare(a: dict, b: dict) -> dict:
     return {"r": r, "mad": (x - y).abs().mean().item(), "top2": sum(top) / len(top)}
 
 
+def _read_routing(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{p}: expected a routing.json written by the routing report ({e})") from e
+
+
 def main() -> None:
     """Build, route, compare, write."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="gsm8k")
-    ap.add_argument("--experts", nargs="+", required=True, help="bank entries, one per slot, in slot order")
+    ap.add_argument("--experts", nargs="+", help="bank entries, one per slot, in slot order")
+    ap.add_argument(
+        "--routing", nargs="+", type=Path, help="compare these routing.json files (e.g. other trained runs) instead"
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--limit", type=int, default=100, help="eval items (the pipeline's routing report uses 100)")
     ap.add_argument("--compare", nargs="+", type=Path, required=True, help="routing.json files of trained runs")
@@ -100,24 +111,27 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    trained = {}
-    for p in args.compare:
-        try:
-            trained[str(p)] = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"{p}: expected a routing.json written by the routing report ({e})") from e
-    cfg = compose_train_cfg(args.task, args.overrides)
-    label = args.label or f"{args.task}: {', '.join(args.experts)}"
+    if bool(args.experts) == bool(args.routing):
+        raise SystemExit("give either --experts (build an untrained MoE) or --routing (compare routing.json files)")
+    trained = {str(p): _read_routing(p) for p in args.compare}
     lines = [
-        "| untrained MoE | router seed | trained run | Pearson r (layer x slot) | mean abs diff | same top-2 slots |",
+        "| routing | router seed | compared with | Pearson r (layer x slot) | mean abs diff | same top-2 slots |",
         "|---|---|---|---|---|---|",
     ]
-    for seed in args.seeds:
-        routing = untrained_routing(cfg, args.experts, seed, args.limit)
-        if args.out:
-            d = args.out / f"{args.task}_{'-'.join(args.experts)}_seed{seed}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "routing.json").write_text(json.dumps(routing, indent=1) + "\n")
+    sides: list[tuple[str, str, dict]] = []
+    if args.routing:
+        sides = [(args.label or str(p), "—", _read_routing(p)) for p in args.routing]
+    else:
+        cfg = compose_train_cfg(args.task, args.overrides)
+        label = args.label or f"untrained, {args.task}: {', '.join(args.experts)}"
+        for seed in args.seeds:
+            routing = untrained_routing(cfg, args.experts, seed, args.limit)
+            if args.out:
+                d = args.out / f"{args.task}_{'-'.join(args.experts)}_seed{seed}"
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "routing.json").write_text(json.dumps(routing, indent=1) + "\n")
+            sides.append((label, str(seed), routing))
+    for label, seed, routing in sides:
         for name, t in trained.items():
             c = compare(routing, t)
             lines.append(f"| {label} | {seed} | {name} | {c['r']:.3f} | {c['mad']:.3f} | {100 * c['top2']:.0f}% |")

@@ -175,3 +175,22 @@ def test_routing_compare_matches_layers_by_name(monkeypatch: pytest.MonkeyPatch)
     assert c["r"] < 0.5 and c["mad"] > 0.2 and c["top2"] == pytest.approx(1 / 3)  # only L1 keeps its top-2 slots
     with pytest.raises(SystemExit, match="different layers"):
         compare(a, _routing(["L0", "L1", "L9"], a["fractions"]))
+
+
+def test_routing_probe_needs_experts_or_routing_files(tmp_path: Path) -> None:
+    f = tmp_path / "routing.json"
+    f.write_text(json.dumps(_routing(["L0"], [[1.0, 1.0, 0.0, 0.0]])))
+    script = str(STUDY / "routing_init.py")
+    for extra in ([], ["--experts", "a", "--routing", str(f)]):
+        out = subprocess.run([sys.executable, script, "--compare", str(f), *extra], capture_output=True, text=True)
+        assert out.returncode != 0 and "either --experts" in out.stderr
+    out = subprocess.run(
+        [sys.executable, script, "--compare", str(f), "--routing", str(f)], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "| 1.000 | 0.000 | 100% |" in out.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    out = subprocess.run(
+        [sys.executable, script, "--compare", str(bad), "--routing", str(f)], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "bad.json: expected a routing.json" in out.stderr
