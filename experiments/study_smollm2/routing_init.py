@@ -1,9 +1,9 @@
 """Is the trained routing set by the router's random init? Routing of an untrained LoRA-MoE vs trained runs.
 
 The study's routing tables show the same per-slot token shares (about 0.58 / 0.55 / 0.51 / 0.36 of 2) on every
-task, whichever bank LoRAs fill the slots. This probe builds the LoRA-MoE exactly as ``train_moe`` does before its
-first step (``seed_everything(seed)``, load, inject, router init), does not train it, collects the fraction of
-tokens routed to each expert per layer on a task's eval texts (as the pipeline's routing report does), and
+task, whichever bank LoRAs fill the slots. This probe builds the LoRA-MoE with ``train_moe``'s own
+``build_moe_at_init`` (``seed_everything(seed)``, load, inject, router init), does not train it, collects the
+fraction of tokens routed to each expert per layer on a task's eval texts (as the pipeline's routing report does), and
 compares it, per (layer, slot), with the ``routing.json`` of trained runs:
 
     python experiments/study_smollm2/routing_init.py --task gsm8k --experts math_cot alpaca_demo mbpp_train sciq \
@@ -31,38 +31,33 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def compose_train_cfg(task: str, overrides: list[str]):
     """The ``train.py`` config for ``task`` (method=rocket), without running Hydra's app."""
+    import tempfile
+
     from hydra import compose, initialize_config_dir
 
     os.environ.setdefault("KEXPERT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    out = f"paths.output_dir={tempfile.gettempdir()}"  # required by the config; the probe writes nothing there
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"task={task}", "method=rocket", *overrides])
+        return compose(config_name="train", overrides=[f"task={task}", "method=rocket", out, *overrides])
 
 
 def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
     """Routing fractions of the LoRA-MoE as ``train_moe`` builds it at step 0 (no training)."""
-    import lightning as L
-
-    from kexpert.bank import read_manifest
-    from kexpert.models.inject import inject_lora_moe
     from kexpert.models.routing_stats import collect_routing_stats, eval_texts
+    from kexpert.pipeline.train import Pipeline
+    from kexpert.pipeline.train_moe import build_moe_at_init
     from kexpert.utils.instantiate import instantiate
 
-    task = instantiate(cfg.task, key="task")
-    base_spec = instantiate(cfg.base_model, key="base_model")
-    spec = instantiate(cfg.moe, key="moe")
-    bank_root = Path(cfg.bank.root)
-    bank = read_manifest(bank_root)
+    pipe = Pipeline(cfg)
+    bank = pipe.bank()
     missing = [e for e in experts if e not in bank]
     if missing:
-        raise SystemExit(f"{bank_root}: no bank entries {missing}; build it first: bank.py bank={cfg.bank.name}")
-    L.seed_everything(seed, workers=True, verbose=False)
-    model, tok = base_spec.load()
-    inj = inject_lora_moe(model, spec, [bank[e] for e in experts], base_spec.lora_target_modules)
-    if spec.router_init.needs_data:
-        raise SystemExit("this probe covers data-free router inits only (moe/router_init=default)")
-    spec.router_init(model, inj.layers, None)
+        raise SystemExit(f"bank {bank.name}: no entries {missing} (it has {', '.join(bank.names())})")
+    spec = instantiate(cfg.moe, key="moe")
+    model, tok, _, _ = build_moe_at_init(spec, pipe.base_spec, [bank[e] for e in experts], seed)
+    task = pipe.eval_task()
     examples = task.eval_examples(limit=limit, seed=cfg.eval.seed)
-    texts = eval_texts(task, examples, base_spec.prompt_format, tok)
+    texts = eval_texts(task, examples, pipe.base_spec.prompt_format, tok)
     stats = collect_routing_stats(model.eval(), tok, texts, expert_names=experts, batch_size=8, progress=True)
     return {"layers": stats.layers, "experts": list(experts), "fractions": stats.fractions, "tokens": stats.tokens}
 

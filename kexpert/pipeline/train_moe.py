@@ -189,6 +189,48 @@ def _as_spec(cfg_moe: Any) -> LoRAMoESpec:
     return cfg_moe if isinstance(cfg_moe, LoRAMoESpec) else instantiate(cfg_moe, key="moe")
 
 
+def build_moe_at_init(
+    spec: LoRAMoESpec,
+    base_spec: BaseModelSpec,
+    experts: Sequence[Any] | None,
+    seed: int = 0,
+    *,
+    kshot_items: Sequence[Instruction] | None = None,
+    batch_size: int = 2,
+    cutoff_len: int = 1024,
+    init_router: bool = True,
+) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
+    """The LoRA-MoE as :func:`train_moe` starts it: seeded, base model loaded, experts injected, routers initialised.
+
+    Args:
+        spec: The MoE settings.
+        base_spec: The base model.
+        experts: Bank entries, one per expert (ignored for random experts).
+        seed: Training seed (drawn before loading, so the router init depends on it alone).
+        kshot_items: K-shot items for a data-dependent router init (``router_init=kshot_stats``).
+        batch_size: Micro-batch size of the router init's K-shot pass.
+        cutoff_len: Token truncation of that pass.
+        init_router: ``False`` skips the router init (a resumed run loads its routers from the checkpoint).
+
+    Returns:
+        ``(model, tokenizer, injection, router-init summary)``.
+
+    Raises:
+        ConfigError: a data-dependent router init without K-shot items.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    model, tok = base_spec.load()
+    injection = inject_lora_moe(model, spec, experts, base_spec.lora_target_modules)
+    if not init_router:
+        return model, tok, injection, {"skipped": "resuming from a checkpoint"}
+    batches = None
+    if spec.router_init.needs_data:
+        if not kshot_items:
+            raise ConfigError("moe.router_init needs K-shot items: pass kshot_items")
+        batches = kshot_batches(kshot_items, tok, base_spec.prompt_format, cutoff_len, batch_size)
+    return model, tok, injection, spec.router_init(model, injection.layers, batches)
+
+
 def train_moe(
     cfg_moe: Any,
     cfg_optim: Any,
@@ -247,17 +289,16 @@ def train_moe(
         ckpt_path = str(resume)
     elif resume and (ckpt_dir / "last.ckpt").exists():
         ckpt_path = str(ckpt_dir / "last.ckpt")
-    L.seed_everything(seed, workers=True, verbose=False)
-    model, tok = base_spec.load()
-    injection = inject_lora_moe(model, spec, experts, base_spec.lora_target_modules)
-    init_summary: dict[str, Any] = {"skipped": "resuming from a checkpoint"}
-    if ckpt_path is None:
-        batches = None
-        if spec.router_init.needs_data:
-            if not kshot_items:
-                raise ConfigError("moe.router_init needs K-shot items: pass kshot_items")
-            batches = kshot_batches(kshot_items, tok, base_spec.prompt_format, cutoff_len, batch_size)
-        init_summary = spec.router_init(model, injection.layers, batches)
+    model, tok, injection, init_summary = build_moe_at_init(
+        spec,
+        base_spec,
+        experts,
+        seed,
+        kshot_items=kshot_items,
+        batch_size=batch_size,
+        cutoff_len=cutoff_len,
+        init_router=ckpt_path is None,
+    )
     counts = mark_only_moe_trainable(model, spec.train_experts)
     dm = ResumableSFTDataModule(train_items, tok, base_spec.prompt_format, batch_size, cutoff_len, seed, val_items)
     scheduler = instantiate(cfg_optim["scheduler"], key="optim.scheduler") if cfg_optim.get("scheduler") else None
