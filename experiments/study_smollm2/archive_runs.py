@@ -2,8 +2,10 @@
 
 ``outputs/`` is git-ignored and does not survive a fresh machine, and re-creating a run's predictions means re-running
 it. This copies, for every run under ``SRC`` (found by its ``metrics.json``, recursively): ``metrics.json``, the
-resolved Hydra config and overrides, and ``predictions.jsonl`` cut down to ``id``, ``correct`` and ``pred`` (no
-prompt, passage or generated text, so no task data), into the same relative folders under ``DST``.
+resolved Hydra config and overrides, ``routing/routing.json`` of a MoE run (the report's routing table and heatmaps
+read it: the path recorded in ``metrics.json`` first, then ``<run dir>/routing/routing.json``, which is the copy's),
+and ``predictions.jsonl`` cut down to ``id``, ``correct`` and ``pred`` (no prompt, passage or generated text, so no
+task data), into the same relative folders under ``DST``.
 ``paired.py`` and ``python -m kexpert.report`` read the copy as they read the original:
 
     python experiments/study_smollm2/archive_runs.py outputs/sweeps/lorahub experiments/study_smollm2/lorahub/runs
@@ -21,6 +23,7 @@ from pathlib import Path
 from kexpert.utils.io import atomic_write
 
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml")
+ROUTING_FILE = "routing/routing.json"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -63,6 +66,13 @@ def archive(src: Path, dst: Path) -> list[Path]:
         for name in HYDRA_FILES:
             if (run / name).exists():
                 _write_atomic(target / name, (run / name).read_text())
+        if (run / ROUTING_FILE).exists():
+            routing = (run / ROUTING_FILE).read_text()
+            try:
+                json.loads(routing)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{run / ROUTING_FILE}: not valid JSON ({e})") from e
+            _write_atomic(target / ROUTING_FILE, routing)
         _write_atomic(target / "metrics.json", metrics)  # last: a run counts once its metrics are in place
         written.append(rel)
     return written

@@ -60,7 +60,18 @@ class Report:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "all"
+    """A file-name part for ``text``; the dagger of the "with D_A" rows (``MixLoRA†``) is spelled out."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text.replace("\u2020", "_dagger")).strip("_").lower() or "all"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if an earlier plot of the same report has it (two labels, one slug)."""
+    out, i = name, 1
+    while out in taken:
+        i += 1
+        out = f"{name}_{i}"
+    taken.add(out)
+    return out
 
 
 def _add_table(report: Report, table: Table) -> None:
@@ -86,8 +97,9 @@ def _write_results(report: Report) -> str:
     routes = routing_groups(runs, row_factors)
     if routes:
         _add_table(report, routing_table(routes, row_title))
+        taken: set[str] = set()
         for g in routes:
-            name = f"routing_{g.task}_{_slug(g.row_label)}"
+            name = _unique(f"routing_{g.task}_{_slug(g.row_label)}", taken)
             report.plots[name] = plot_routing(g, plots_dir / f"{name}.png")
     return results_name
 

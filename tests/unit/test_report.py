@@ -323,6 +323,17 @@ def test_routing_is_averaged_over_draws(tmp_path):
     assert report.plots["routing_piqa_rocket"].read_bytes()[:8] == PNG_MAGIC
 
 
+def test_routing_plots_of_look_alike_labels_do_not_overwrite_each_other(tmp_path):
+    root = tmp_path / "s"
+    labels = [("mixlora", "MixLoRA"), ("mixlora_data", "MixLoRA\u2020"), ("mix2", "MixLoRA.")]
+    for job, (method, label) in enumerate(labels):
+        run = write_run(root, str(job), task="piqa", method=method, label=label)
+        _routing(run, ["a", "b"], [[0.1 * (job + 1), 1 - 0.1 * (job + 1)], [0.5, 0.5]])
+    plots = {k: v for k, v in build_report(root).plots.items() if k.startswith("routing_")}
+    assert set(plots) == {"routing_piqa_mixlora", "routing_piqa_mixlora_dagger", "routing_piqa_mixlora_2"}
+    assert len({p.read_bytes() for p in plots.values()}) == 3  # three files, three different heatmaps
+
+
 def test_stage_timing_counts_reuse(tmp_path):
     root = tmp_path / "s"
     for i, reused in enumerate([False, True, True]):

@@ -133,6 +133,9 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     (base / ".hydra" / "overrides.yaml").write_text("- method=base\n")
     rows = [{"id": f"q{i}", "correct": c, "pred": "A", "generation": "long text"} for i, c in enumerate([1, 1, 1, 0])]
     (other / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (other / "routing").mkdir()
+    (other / "routing" / "routing.json").write_text('{"layers": [], "experts": [], "fractions": []}')
+    (other / "routing" / "heatmap.png").write_bytes(b"png")
     dst = tmp_path / "archive"
     out = subprocess.run(
         [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
@@ -142,6 +145,10 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     kept = [json.loads(x) for x in (dst / "nested" / "1_rocket" / "predictions.jsonl").read_text().splitlines()]
     assert kept[0] == {"id": "q0", "correct": 1, "pred": "A"}
     assert (dst / "0_base" / ".hydra" / "overrides.yaml").read_text() == "- method=base\n"
+    # the MoE run's routing.json is kept (the report's routing table reads it), its images are not
+    assert json.loads((dst / "nested" / "1_rocket" / "routing" / "routing.json").read_text())["layers"] == []
+    assert not (dst / "nested" / "1_rocket" / "routing" / "heatmap.png").exists()
+    assert not (dst / "0_base" / "routing").exists()
     assert not [p for p in dst.rglob(".*") if p.is_file()]  # no temp file of atomic_write left behind
     assert _paired(str(dst)).replace(str(dst), str(src)) == _paired(str(src))  # the copy pairs like the original
 
@@ -157,6 +164,20 @@ def test_archive_names_a_bad_predictions_line(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "predictions.jsonl:2: expected a JSON object with 'id' and 'correct'" in out.stderr
     assert not (tmp_path / "dst" / "0_base" / "metrics.json").exists()
+
+
+def test_archive_names_a_broken_routing_file(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path / "sweep", "0_rocket", "rocket", [True])
+    (run / "routing").mkdir()
+    (run / "routing" / "routing.json").write_text('{"layers": [')
+    out = subprocess.run(
+        [sys.executable, str(STUDY / "archive_runs.py"), str(tmp_path / "sweep"), str(tmp_path / "dst")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert "routing.json: not valid JSON" in out.stderr
+    assert not (tmp_path / "dst" / "0_rocket" / "metrics.json").exists()
 
 
 def _routing(layers: list[str], fractions: list[list[float]]) -> dict:
