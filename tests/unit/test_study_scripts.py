@@ -137,9 +137,7 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     (other / "routing" / "routing.json").write_text('{"layers": [], "experts": [], "fractions": []}')
     (other / "routing" / "heatmap.png").write_bytes(b"png")
     dst = tmp_path / "archive"
-    out = subprocess.run(
-        [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
-    )
+    out = _archive(src, dst)
     assert out.returncode == 0, out.stderr
     assert "2 runs archived" in out.stdout
     kept = [json.loads(x) for x in (dst / "nested" / "1_rocket" / "predictions.jsonl").read_text().splitlines()]
@@ -153,14 +151,16 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     assert _paired(str(dst)).replace(str(dst), str(src)) == _paired(str(src))  # the copy pairs like the original
 
 
+def _archive(src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
+    )
+
+
 def test_archive_names_a_bad_predictions_line(tmp_path: Path) -> None:
     run = _run_dir(tmp_path / "sweep", "0_base", "base", [True])
     (run / "predictions.jsonl").write_text('{"id": "q0", "correct": true}\n{"correct": false}\n')
-    out = subprocess.run(
-        [sys.executable, str(STUDY / "archive_runs.py"), str(tmp_path / "sweep"), str(tmp_path / "dst")],
-        capture_output=True,
-        text=True,
-    )
+    out = _archive(tmp_path / "sweep", tmp_path / "dst")
     assert out.returncode != 0
     assert "predictions.jsonl:2: expected a JSON object with 'id' and 'correct'" in out.stderr
     assert not (tmp_path / "dst" / "0_base" / "metrics.json").exists()
@@ -170,11 +170,7 @@ def test_archive_names_a_broken_routing_file(tmp_path: Path) -> None:
     run = _run_dir(tmp_path / "sweep", "0_rocket", "rocket", [True])
     (run / "routing").mkdir()
     (run / "routing" / "routing.json").write_text('{"layers": [')
-    out = subprocess.run(
-        [sys.executable, str(STUDY / "archive_runs.py"), str(tmp_path / "sweep"), str(tmp_path / "dst")],
-        capture_output=True,
-        text=True,
-    )
+    out = _archive(tmp_path / "sweep", tmp_path / "dst")
     assert out.returncode != 0
     assert "routing.json: not valid JSON" in out.stderr
     assert not (tmp_path / "dst" / "0_rocket" / "metrics.json").exists()
