@@ -18,7 +18,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m kexpert.report",
         description="Tables (paper layouts, markdown + CSV), plots and an index (report.md) for every metrics.json "
-        "under a multirun dir of `python train.py -m ...`.",
+        "under a multirun dir of `python train.py -m ...`. A NOTES.md in that dir is copied into report.md.",
     )
     parser.add_argument("sweep_dir", type=Path, help="the multirun (sweep) dir, or a parent of several")
     parser.add_argument("--out", type=Path, default=None, help="report dir (default: <sweep_dir>/report)")

@@ -26,11 +26,13 @@ from kexpert.report.routing import routing_groups, routing_table
 from kexpert.report.runs import RunCollection, collect_runs
 from kexpert.report.tables import Table, results_grid, results_table, runs_table, table_name, write_table
 from kexpert.report.timing import timing_table
+from kexpert.utils.errors import DataError
 from kexpert.utils.io import atomic_write
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
 CURVE_FACTORS = ("k_shot", "num_experts", "top_k", "budget")
+NOTES_FILE = "NOTES.md"  # hand-written notes in the sweep dir, kept in report.md across rebuilds
 MAX_INLINE_RUNS = 40  # report.md embeds the run list up to this many runs (always in tables/runs.csv)
 
 
@@ -47,6 +49,7 @@ class Report:
         table_files: ``name -> {"md": path, "csv": path}``.
         plots: ``name -> PNG path``.
         wandb: The W&B run info when logged.
+        notes: The text of the source dir's ``NOTES.md``, when it has one.
     """
 
     out_dir: Path
@@ -57,6 +60,7 @@ class Report:
     table_files: dict[str, dict[str, Path]] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
     wandb: dict[str, Any] | None = None
+    notes: str | None = None
 
 
 def _slug(text: str) -> str:
@@ -121,11 +125,15 @@ def build_report(
         command: The command line to print in ``report.md`` (default: the equivalent ``python -m`` call).
         progress: Progress bars.
 
+    A ``NOTES.md`` in ``sweep_dir`` (hand-written remarks on the runs) is copied into ``report.md`` under
+    "Notes", so a rebuilt report keeps them; its links are read relative to the report dir.
+
     Returns:
         The :class:`Report`.
 
     Raises:
-        DataError: no ``metrics.json`` under ``sweep_dir``, or a malformed run file.
+        DataError: no ``metrics.json`` under ``sweep_dir``, a malformed run file, or a ``NOTES.md`` that is not
+            UTF-8 text.
     """
     root = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else root / "report"
@@ -134,7 +142,7 @@ def build_report(
     factors = varying_factors(collection.evaluated)
     collection = dedupe(collection, factors)
     runs = collection.evaluated
-    report = Report(out, out / "report.md", collection, factors)
+    report = Report(out, out / "report.md", collection, factors, notes=_read_notes(root / NOTES_FILE))
     results_name = _write_results(report) if runs else None
     timed = [*runs, *(r for r, _ in collection.incomplete)]
     if timed:
@@ -157,6 +165,15 @@ def build_report(
         f.write(_index_markdown(report, results_name, command))
     log.info("report: %s (%d tables, %d plots)", report.index, len(report.tables), len(report.plots))
     return report
+
+
+def _read_notes(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected UTF-8 markdown notes ({e.reason} at byte {e.start})") from e
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -244,7 +261,10 @@ def _run_list_lines(report: Report) -> list[str]:
 
 
 def _index_markdown(report: Report, results_name: str | None, command: str) -> str:
-    lines = _header_lines(report, command) + _analysis_lines(report, results_name) + _run_list_lines(report)
+    lines = _header_lines(report, command)
+    if report.notes:
+        lines += ["## Notes", "", f"From `{NOTES_FILE}` in the source dir.", "", report.notes, ""]
+    lines += _analysis_lines(report, results_name) + _run_list_lines(report)
     if report.wandb is not None:
         w = report.wandb
         where = w.get("url") or (f"`{_rel(Path(w['dir']), report.out_dir)}`" if w.get("dir") else "")

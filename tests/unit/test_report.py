@@ -334,6 +334,22 @@ def test_routing_plots_of_look_alike_labels_do_not_overwrite_each_other(tmp_path
     assert len({p.read_bytes() for p in plots.values()}) == 3  # three files, three different heatmaps
 
 
+def test_notes_in_the_sweep_dir_survive_a_rebuild(tmp_path):
+    root = tmp_path / "s"
+    write_run(root, "0", task="piqa", method="rocket")
+    (root / "NOTES.md").write_text("The ROCKET run used the paper's lr.\n")
+    for _ in range(2):  # a rebuild rewrites report.md and still carries the notes
+        text = build_report(root, tmp_path / "out").index.read_text()
+        assert text.count("## Notes") == 1 and "The ROCKET run used the paper's lr." in text
+        assert text.index("## Notes") < text.index("## Every run")
+    (root / "NOTES.md").write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"NOTES\.md: expected UTF-8 markdown notes"):
+        build_report(root, tmp_path / "out")
+    assert "The ROCKET run used the paper's lr." in (tmp_path / "out" / "report.md").read_text()  # not half-written
+    (root / "NOTES.md").unlink()
+    assert "## Notes" not in build_report(root, tmp_path / "out").index.read_text()
+
+
 def test_stage_timing_counts_reuse(tmp_path):
     root = tmp_path / "s"
     for i, reused in enumerate([False, True, True]):
