@@ -125,6 +125,12 @@ def test_baseline_sweep_pairs_the_same_method_draw_by_draw(tmp_path: Path) -> No
     assert "several baseline runs" in out.stderr and "router_only" in out.stderr
 
 
+def _archive(src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
+    )
+
+
 def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> None:
     src = tmp_path / "sweep"
     base = _run_dir(src, "0_base", "base", [True, False, False, True])
@@ -149,12 +155,6 @@ def test_archive_keeps_what_paired_reads_and_drops_the_text(tmp_path: Path) -> N
     assert not (dst / "0_base" / "routing").exists()
     assert not [p for p in dst.rglob(".*") if p.is_file()]  # no temp file of atomic_write left behind
     assert _paired(str(dst)).replace(str(dst), str(src)) == _paired(str(src))  # the copy pairs like the original
-
-
-def _archive(src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(STUDY / "archive_runs.py"), str(src), str(dst)], capture_output=True, text=True
-    )
 
 
 def test_archive_names_a_bad_predictions_line(tmp_path: Path) -> None:
