@@ -278,7 +278,9 @@ class Task:
         """The evaluation split (minus any hold-out K-shot pool), optionally a deterministic subset.
 
         Args:
-            limit: Evaluate at most this many items, drawn by a seeded permutation and kept in file order.
+            limit: Evaluate at most this many items, a ``random.Random(seed).sample`` of the indices kept in file
+                order. A larger limit is a fresh sample, not a superset of a smaller one: ``random.sample`` switches
+                algorithm with the sample size, so e.g. 290 of BoolQ's 300-item subset are in its 600-item one.
             seed: Seed of that draw.
         """
         if self.eval_source is None:
