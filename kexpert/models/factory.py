@@ -70,32 +70,42 @@ def smollm2_gguf_path() -> Path:
 
 
 def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
-    """Dequantize a GGUF into a plain HF directory (fp32 safetensors), atomically; reused if present."""
+    """Dequantize a GGUF into a plain HF directory (fp32 safetensors), atomically; reused if present.
+
+    Concurrent callers (two bank builders, a joblib sweep) serialise on a file lock beside ``out_dir``: the first
+    converts, the others wait and reuse its result, so no process ever replaces a directory another is reading.
+    """
+    import fcntl
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     marker = out_dir / ".complete"
     if marker.exists():
         return out_dir
-    log.info("converting %s into %s (once, ~30 s)", gguf, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        gm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        cfg = gm.config
-        if hasattr(cfg, "quantization_config"):
-            del cfg.quantization_config  # weights are already dense fp32; the GGUF quantizer is not serialisable
-        model = type(gm)(cfg)
-        model.load_state_dict(gm.state_dict(), strict=True)
-        model.generation_config = gm.generation_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(gguf.name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():  # converted by a concurrent process while this one waited
+            return out_dir
+        log.info("converting %s into %s (once, ~30 s)", gguf, out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            gm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            cfg = gm.config
+            if hasattr(cfg, "quantization_config"):
+                del cfg.quantization_config  # weights are already dense fp32; the GGUF quantizer is not serialisable
+            model = type(gm)(cfg)
+            model.load_state_dict(gm.state_dict(), strict=True)
+            model.generation_config = gm.generation_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / ".complete").write_text(gguf.name)
+            if out_dir.exists():  # an incomplete directory (no marker) left by an older, interrupted conversion
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
