@@ -449,6 +449,7 @@ def train_entry(
             enable_checkpointing=False,
             callbacks=[recorder],
             default_root_dir=str(work),
+            **dm.trainer_overrides(trainer_cfg),
         )
         pm.train()  # from_pretrained leaves eval mode; LoRA dropout must be active from the first step
         trainer.fit(lit, datamodule=dm)

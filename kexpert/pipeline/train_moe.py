@@ -321,6 +321,7 @@ def train_moe(
         logger=logger if logger is not None else CSVLogger(str(out_dir), name="logs"),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # _SkippingSampler shards across ranks itself
+        **dm.trainer_overrides(cfg_trainer),
     )
     model.train()
     log.info("training the LoRA-MoE: %d trainable / %d parameters, %s", counts["trainable"], counts["total"], dm.stats)

@@ -64,6 +64,15 @@ class SFTDataModule(L.LightningDataModule):
             self.sampler.set_epoch(self.trainer.current_epoch)
         return DataLoader(self.train_ds, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collator)
 
+    def trainer_overrides(self, cfg_trainer) -> dict:
+        """Trainer kwargs this data needs: no validation loop when there is no validation set.
+
+        Skipped when the ``trainer`` config sets ``limit_val_batches`` itself (the user's choice wins).
+        """
+        if self.val_ds is None and "limit_val_batches" not in cfg_trainer:
+            return {"limit_val_batches": 0}
+        return {}
+
     def val_dataloader(self):  # noqa: D102
         if self.val_ds is None:
             return []

@@ -61,6 +61,7 @@ def finetune_adapter(
         enable_checkpointing=False,
         callbacks=[_Rec()],
         default_root_dir=str(work),
+        **dm.trainer_overrides(cfg_trainer),
     )
     pm.train()
     trainer.fit(lit, datamodule=dm)

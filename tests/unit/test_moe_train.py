@@ -150,6 +150,15 @@ def test_aux_losses_and_kshot_router_init(cfg, bank2, tmp_path, compose_cfg):
     assert {"train/aux_loss", "train/z_loss"} <= csv_metrics(tmp_path / "aux")
 
 
+@pytest.mark.parametrize("validate", [False, True])
+def test_validation_loop_runs_only_with_a_validation_set(cfg, bank2, tmp_path, recwarn, validate):
+    cfg.trainer.max_steps = 6  # past the first epoch (5 batches), where Lightning validates
+    val = {"val_items": ITEMS[:3]} if validate else {}
+    run(cfg, bank2, tmp_path / "v", **val)
+    assert ("val/loss" in csv_metrics(tmp_path / "v")) == validate
+    assert not [w for w in recwarn if "Total length" in str(w.message)]  # no empty val loader handed to Lightning
+
+
 @pytest.mark.parametrize(("accumulate", "kill_at", "validate"), [(1, 3, False), (1, 5, True), (2, 2, False)])
 def test_resume_after_kill_matches_uninterrupted_run(cfg, bank2, tmp_path, accumulate, kill_at, validate):
     cfg.trainer.accumulate_grad_batches = accumulate
