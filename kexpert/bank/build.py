@@ -30,6 +30,7 @@ from kexpert.bank.testing import save_adapter
 from kexpert.bank.validate import entry_from_adapter
 from kexpert.data.records import Instruction
 from kexpert.utils.errors import ConfigError, DataError
+from kexpert.utils.io import exclusive_lock
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -367,11 +368,7 @@ class BankBuildSpec:
 
     def _commit(self, entry: BankEntry | None, base_spec) -> Bank:
         """Add ``entry`` to the manifest on disk, under a lock (parallel builders of one bank merge, never clobber)."""
-        import fcntl
-
-        self.root_path.mkdir(parents=True, exist_ok=True)
-        with open(self.root_path / ".manifest.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(self.root_path / ".manifest.lock"):
             bank = self.existing() or Bank(name=self.name, root=self.root_path, entries=[], meta={})
             if entry is not None:
                 bank.entries = [e for e in bank.entries if e.name != entry.name] + [entry]

@@ -20,6 +20,7 @@ import torch
 
 from kexpert.data.prompts import PromptFormat
 from kexpert.utils.errors import ConfigError
+from kexpert.utils.io import exclusive_lock, replace_dir
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -75,16 +76,12 @@ def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
     Concurrent callers (two bank builders, a joblib sweep) serialise on a file lock beside ``out_dir``: the first
     converts, the others wait and reuse its result, so no process ever replaces a directory another is reading.
     """
-    import fcntl
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     marker = out_dir / ".complete"
     if marker.exists():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
         if marker.exists():  # converted by a concurrent process while this one waited
             return out_dir
         log.info("converting %s into %s (once, ~30 s)", gguf, out_dir)
@@ -101,9 +98,7 @@ def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / ".complete").write_text(gguf.name)
-            if out_dir.exists():  # an incomplete directory (no marker) left by an older, interrupted conversion
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            replace_dir(tmp, out_dir)  # also replaces an incomplete directory (no marker) left by an interrupted run
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

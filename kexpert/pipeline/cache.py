@@ -11,16 +11,14 @@ say, ``moe.top_k`` hashes to the same selection keys and reuses them.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexpert.utils.io import read_json, sha1_of, write_json
+from kexpert.utils.io import exclusive_lock, read_json, replace_dir, sha1_of, write_json
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -87,8 +85,7 @@ class StageCache:
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         work = final.parent / f".{key}.partial"
-        with open(final.parent / f".{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent job building the same artifact: wait, then reuse it
+        with exclusive_lock(final.parent / f".{key}.lock"):  # a concurrent job building it: wait, then reuse it
             hit = self.lookup(stage, inputs)
             if hit is not None:
                 return hit
@@ -106,7 +103,5 @@ class StageCache:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(work, final)
+            replace_dir(work, final)
         return StageArtifact(stage, key, final, False, wall)

@@ -7,10 +7,12 @@ interrupted run never leaves a half-written file that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +47,35 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    Concurrent processes that build the same artifact take this lock, re-check whether another process
+    finished it while they waited, and only then build; so nothing is built twice and no process replaces a
+    directory another is reading. The lock is released when the block exits, also on an exception or crash.
+
+    Args:
+        path: The lock file (conventionally a hidden ``.NAME.lock`` beside the artifact).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the finished directory ``src`` onto ``dst``, first removing a stale ``dst`` (call under a lock)."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
