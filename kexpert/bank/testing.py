@@ -15,6 +15,7 @@ import torch
 
 from kexpert.bank.manifest import Bank, write_manifest
 from kexpert.bank.validate import entry_from_adapter
+from kexpert.utils.io import replace_dir
 
 
 def save_adapter(peft_model, out_dir: Path, base_identity: str, adapter_name: str = "default") -> Path:
@@ -26,9 +27,7 @@ def save_adapter(peft_model, out_dir: Path, base_identity: str, adapter_name: st
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(str(tmp), selected_adapters=[adapter_name], save_embedding_layers=False)
     src = tmp / adapter_name if adapter_name != "default" else tmp
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    src.rename(out_dir)
+    replace_dir(src, out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 

@@ -19,7 +19,6 @@ routing-weighted ``Delta W`` over a calibration set, then a truncated SVD to the
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -34,23 +33,12 @@ from kexpert.models.components.router_init import forward_tokens
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.inject import LoRAMoESpec, MoEInjection, inject_moe_skeleton, moe_layers, moe_state_dict
 from kexpert.utils.errors import ConfigError, DataError
-from kexpert.utils.io import read_json, sha256_file, write_json
+from kexpert.utils.io import read_json, replace_dir, sha256_file, write_json
 from kexpert.utils.provenance import provenance
 
 FORMAT = "kexpert-lora-moe"
 WEIGHTS = "moe_model.safetensors"
 CONFIG = "moe_config.json"
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished temp dir to ``out_dir``, replacing an older one."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _expert_record(name: str, path: str) -> dict[str, Any]:
@@ -104,7 +92,7 @@ def save_moe(
                 "provenance": provenance(),
             },
         )
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -305,7 +293,7 @@ def export_to_lora(
         ).save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "kexpert_export.json", {"method": method, "rank": r, "tokens": tokens, "layers": report})
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(out_dir=out_dir, rank=r, method=method, tokens=tokens, layers=report)

@@ -83,7 +83,6 @@ class StageCache:
             return hit
         key = self.key_of(inputs)
         final = self.path(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         work = final.parent / f".{key}.partial"
         with exclusive_lock(final.parent / f".{key}.lock"):  # a concurrent job building it: wait, then reuse it
             hit = self.lookup(stage, inputs)

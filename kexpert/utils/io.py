@@ -71,11 +71,20 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move the finished directory ``src`` onto ``dst``, first removing a stale ``dst`` (call under a lock)."""
+    """Move the finished directory ``src`` onto ``dst``, replacing an older ``dst``.
+
+    The older directory is first renamed aside and deleted only after the swap, so ``dst`` is at every moment
+    either the complete old directory or the complete new one, never half deleted (a crash mid-way leaves at
+    most a hidden ``.NAME.old.*`` folder beside it). Concurrent writers of one ``dst`` must hold a lock.
+    """
     dst = Path(dst)
+    old = None
     if dst.exists():
-        shutil.rmtree(dst)
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        os.replace(dst, old / dst.name)
     os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

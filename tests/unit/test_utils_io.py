@@ -70,7 +70,10 @@ def test_replace_dir_replaces_a_stale_directory(tmp_path):
     replace_dir(src, dst)
     assert not src.exists()
     assert sorted(p.name for p in dst.iterdir()) == ["a"]
-    replace_dir_target = tmp_path / "fresh"
-    (tmp_path / ".n2").mkdir()
-    replace_dir(tmp_path / ".n2", replace_dir_target)
-    assert replace_dir_target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # the old copy set aside is gone too
+
+
+def test_replace_dir_onto_a_new_path(tmp_path):
+    (tmp_path / ".new").mkdir()
+    replace_dir(tmp_path / ".new", tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]
