@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from kexpert.eval import sandbox
-from kexpert.eval.sandbox import SandboxResult, run_tests
+from kexpert.eval.sandbox import SandboxResult, cleanup, limits, process, protocol, result, run_tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-MODE = sandbox._privilege_mode(sys.executable)
+MODE = limits._privilege_mode(sys.executable)
 DROPS_PRIVILEGES = MODE != "none"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox targets Linux")
@@ -57,13 +56,13 @@ def created_dirs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _session_processes(sid: int) -> dict[int, tuple[int, int, int, str]]:
-    return {pid: info for pid, info in sandbox._proc_table().items() if info[2] == sid or info[1] == sid}
+    return {pid: info for pid, info in cleanup._proc_table().items() if info[2] == sid or info[1] == sid}
 
 
 def _processes_with_home(home: str) -> list[int]:
     marker = b"HOME=" + os.fsencode(home)
     found = []
-    for pid in sandbox._proc_table():
+    for pid in cleanup._proc_table():
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
                 if marker in fh.read().split(b"\0"):
@@ -253,7 +252,7 @@ def test_fork_bomb_is_blocked_by_the_guard(created_dirs):
 def test_fork_bomb_is_stopped_by_kernel_limits(created_dirs):
     # Without the in-process guard only RLIMIT_NPROC stands in the way (root ignores it unless dropped).
     program = FORK_BOMB + "print('sid', os.getsid(0))\n"
-    res = sandbox._run_sandboxed(program, ["assert n == 300"], 3, in_process_guard=False)
+    res = process._run_sandboxed(program, ["assert n == 300"], 3, in_process_guard=False)
     assert not res.passed and res.status in ("failed", "timeout"), res
     lines = dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("forks", "sid")))
     if not IS_ROOT or DROPS_PRIVILEGES:
@@ -273,7 +272,7 @@ if os.fork() == 0:
     os._exit(0)
 time.sleep(0.2)
 """
-    res = sandbox._run_sandboxed(program, [], 5, in_process_guard=False)
+    res = process._run_sandboxed(program, [], 5, in_process_guard=False)
     assert res.passed, res
     assert not _processes_with_home(created_dirs[-1])
 
@@ -297,14 +296,14 @@ def test_writes_outside_the_sandbox_fail(tmp_path, guard):
     targets = [tmp_path / "pwned.txt", REPO_ROOT / f"sandbox_pwned_{uuid.uuid4().hex}.txt"]
     try:
         for target in targets:
-            res = sandbox._run_sandboxed(_write_program(target), [], 5, in_process_guard=guard)
+            res = process._run_sandboxed(_write_program(target), [], 5, in_process_guard=guard)
             assert not res.passed and res.status == "failed", res
             assert "PermissionError" in res.stderr
             if guard:
                 assert "not permitted" in res.stderr  # the audit hook, before the OS gets a say
             assert not target.exists()
         sneaky = f"import os\nos.symlink({str(tmp_path)!r}, 'out')\nopen('out/pwned2.txt', 'w').write('x')\n"
-        res = sandbox._run_sandboxed(sneaky, [], 5, in_process_guard=guard)
+        res = process._run_sandboxed(sneaky, [], 5, in_process_guard=guard)
         assert not res.passed and not (tmp_path / "pwned2.txt").exists()
     finally:
         for target in [*targets, tmp_path / "pwned2.txt"]:
@@ -354,7 +353,7 @@ def test_network_connect_is_refused(guard):
             program = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'x')\n"
         else:  # the raw C socket type: only the network namespace stands in the way
             program = f"import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))\n"
-        res = sandbox._run_sandboxed(program, [], 3, in_process_guard=guard)
+        res = process._run_sandboxed(program, [], 3, in_process_guard=guard)
         assert not res.passed and res.status == "failed", res
         with pytest.raises(TimeoutError):
             server.accept()
@@ -402,7 +401,7 @@ def test_bad_arguments_raise_value_error(kwargs):
 
 
 def test_unusable_interpreter_is_a_setup_error(created_dirs):
-    res = sandbox._run_sandboxed("x = 1", [], 5, python="/nonexistent/python3")
+    res = process._run_sandboxed("x = 1", [], 5, python="/nonexistent/python3")
     assert not res.passed and res.status == "setup_error" and res.returncode is None
     assert all(not os.path.exists(d) for d in created_dirs)
 
@@ -421,7 +420,7 @@ def test_unusable_interpreter_is_a_setup_error(created_dirs):
         (0, {"completed": False}, "failed"),
         (0, {"output_bytes": 2 << 20}, "output_limit"),
         (0, {}, "passed"),
-        (121, {"stderr_tail": sandbox._SETUP_MARK.encode() + b" boom"}, "setup_error"),
+        (121, {"stderr_tail": protocol._SETUP_MARK.encode() + b" boom"}, "setup_error"),
     ],
 )
 def test_classify(returncode, extra, expected):
@@ -438,14 +437,14 @@ def test_classify(returncode, extra, expected):
         "maxrss_kb": 10_000,
         "memory_mb": 1024,
     } | extra
-    assert sandbox._classify(**kwargs) == expected
+    assert result._classify(**kwargs) == expected
 
 
 def _system_python() -> str | None:
     own = os.path.realpath(sys.executable)
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
         usable = os.path.exists(candidate) and os.path.realpath(candidate) != own
-        if usable and sandbox._privilege_mode(candidate) == "preexec":
+        if usable and limits._privilege_mode(candidate) == "preexec":
             return candidate
     return None
 
@@ -455,11 +454,11 @@ def test_privileges_dropped_in_preexec_with_an_accessible_interpreter(tmp_path):
     python = sys.executable if MODE == "preexec" else _system_python()
     if python is None:
         pytest.skip("no interpreter that nobody can execute")
-    res = sandbox._run_sandboxed("import os\nprint(os.getuid(), os.getgid(), os.getgroups())", [], 5, python=python)
+    res = process._run_sandboxed("import os\nprint(os.getuid(), os.getgid(), os.getgroups())", [], 5, python=python)
     assert res.passed and res.stdout.split()[:2] == ["65534", "65534"], res
-    res = sandbox._run_sandboxed(SIMILAR, SIMILAR_TESTS, 5, python=python)
+    res = process._run_sandboxed(SIMILAR, SIMILAR_TESTS, 5, python=python)
     assert res.passed, res
-    res = sandbox._run_sandboxed(_write_program(tmp_path / "x.txt"), [], 5, python=python, in_process_guard=False)
+    res = process._run_sandboxed(_write_program(tmp_path / "x.txt"), [], 5, python=python, in_process_guard=False)
     assert res.status == "failed" and not (tmp_path / "x.txt").exists()
-    res = sandbox._run_sandboxed(FORK_BOMB, ["assert n == 300"], 3, python=python, in_process_guard=False)
+    res = process._run_sandboxed(FORK_BOMB, ["assert n == 300"], 3, python=python, in_process_guard=False)
     assert not res.passed and "fork refused" in res.stdout
