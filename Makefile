@@ -47,9 +47,10 @@ test: venv ## the test suite (offline, CPU, no slow tests)
 test-slow: venv ## slow tests too (real SmolLM2, multiprocess DDP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" -q $(PYTEST_ARGS)
 
-lint: venv ## ruff check + format check
+lint: venv ## ruff check + format check + the import-linter layer contract (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check kexpert tests experiments scripts *.py
 	$(VENV)/bin/ruff format --check kexpert tests experiments scripts *.py
+	$(VENV)/bin/lint-imports
 
 format: venv ## ruff format + autofix
 	$(VENV)/bin/ruff format kexpert tests experiments scripts *.py

@@ -36,7 +36,7 @@ from kexpert.eval.evaluator import evaluate
 from kexpert.models.inject import inject_lora_moe
 from kexpert.models.moe_checkpoint import export_to_lora, load_expert
 from kexpert.models.routing_stats import collect_routing_stats, eval_texts, write_routing_report
-from kexpert.pipeline.train_moe import kshot_batches, train_moe
+from kexpert.training.train_moe import kshot_batches, train_moe
 from kexpert.utils.instantiate import instantiate
 from kexpert.utils.io import write_json
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 # ---------------------------------------------------------------------------------------------- diversity
 def synthetic_smollm2_adapters(m: int, rank: int = 16, seed: int = 0):
     """M random LoRAs with SmolLM2-135M shapes (30 layers, q_proj 576x576, v_proj 192x576)."""
-    from kexpert.bank.adapter import LoRAAdapter, LoRAModule
+    from kexpert.models.adapter import LoRAAdapter, LoRAModule
 
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -45,7 +45,7 @@ def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
     """Routing fractions of the LoRA-MoE as ``train_moe`` builds it at step 0 (no training)."""
     from kexpert.models.routing_stats import collect_routing_stats, eval_texts
     from kexpert.pipeline.train import Pipeline
-    from kexpert.pipeline.train_moe import build_moe_at_init
+    from kexpert.training.train_moe import build_moe_at_init
     from kexpert.utils.instantiate import instantiate
 
     pipe = Pipeline(cfg)

@@ -1,12 +1,11 @@
 """LoRA bank: adapters on disk, manifests, import, build and bank cards (METHOD.md section 2).
 
-* :mod:`kexpert.bank.adapter`: strict reading of one PEFT LoRA adapter dir.
+* :mod:`kexpert.bank.merge`: merging and composing bank LoRAs (uniform merge, LoRAHub).
 * :mod:`kexpert.bank.manifest`: :class:`Bank` / :class:`BankEntry` and the ``manifest.json`` schema.
 * :mod:`kexpert.bank.validate`: describing an adapter as an entry and validating it against a base model.
 * :mod:`kexpert.bank.spec`: ``conf/bank`` options for existing adapters (manifest, adapter dir, hub ids).
 * :mod:`kexpert.bank.build`: ``conf/bank`` options for banks kexpert trains (``python bank.py``).
 * :mod:`kexpert.bank.decontam`: eval-set decontamination of bank training data.
-* :mod:`kexpert.bank.card`: ``python -m kexpert.bank.card``: every entry on every task, table + heatmap.
 * :mod:`kexpert.bank.testing`: random PEFT banks for tests.
 """
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kexpert.bank.decontam import EvalIndex, find_overlaps
 from kexpert.bank.manifest import MANIFEST_NAME, Bank, BankEntry, read_manifest, write_manifest
-from kexpert.bank.testing import save_adapter
 from kexpert.bank.validate import entry_from_adapter
+from kexpert.data.decontam import EvalIndex, find_overlaps
 from kexpert.data.records import Instruction
+from kexpert.models.adapter import save_adapter
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import exclusive_lock
 from kexpert.utils.logging import get_logger

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kexpert.bank.adapter import LoRAAdapter
+from kexpert.models.adapter import LoRAAdapter
 from kexpert.utils.errors import ConfigError
 
 COMPOSITIONS = ("sum", "elementwise")

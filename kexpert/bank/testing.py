@@ -7,7 +7,6 @@ manifest. Tests across kexpert build banks with it instead of training.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,21 +14,7 @@ import torch
 
 from kexpert.bank.manifest import Bank, write_manifest
 from kexpert.bank.validate import entry_from_adapter
-from kexpert.utils.io import replace_dir
-
-
-def save_adapter(peft_model, out_dir: Path, base_identity: str, adapter_name: str = "default") -> Path:
-    """``save_pretrained`` one adapter into ``out_dir`` (atomically: temp dir, then rename) with its base recorded."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    peft_model.peft_config[adapter_name].base_model_name_or_path = base_identity
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp), selected_adapters=[adapter_name], save_embedding_layers=False)
-    src = tmp / adapter_name if adapter_name != "default" else tmp
-    replace_dir(src, out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+from kexpert.models.adapter import save_adapter
 
 
 def make_random_bank(

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from kexpert.bank.adapter import LoRAAdapter, read_peft_adapter
 from kexpert.bank.manifest import BankEntry
+from kexpert.models.adapter import LoRAAdapter, read_peft_adapter
 from kexpert.utils.errors import ConfigError, DataError, KExpertError
 from kexpert.utils.io import sha256_file
 from kexpert.utils.logging import get_logger

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kexpert.methods.base import DataChoice, Method, MethodContext, pick_random
-from kexpert.utils.errors import ConfigError
+from kexpert.utils.errors import ConfigError, InvalidGridPoint
 from kexpert.utils.io import read_json, write_json
 
 
@@ -81,7 +81,7 @@ class SingleLoRAMethod(Method):
         if self.pick == "expert_lora":
             entry = bank.expert_lora_for(ctx.task.name)
             if entry is None:
-                raise ConfigError(
+                raise InvalidGridPoint(
                     f"bank {bank.name} has no LoRA trained on {ctx.task.name}'s train split "
                     "(Expert LoRA needs one; see conf/bank)"
                 )
@@ -150,8 +150,8 @@ class MergeMethod(Method):
         super().__init__(name, "none", label)
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
-        from kexpert.bank.adapter import read_peft_adapter
         from kexpert.bank.merge import save_merged_adapter
+        from kexpert.models.adapter import read_peft_adapter
 
         names, _ = ctx.get_experts()
         bank = ctx.get_bank()

@@ -96,10 +96,10 @@ class LoRAHubMethod(Method):
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         import nevergrad as ng
 
-        from kexpert.bank.adapter import read_peft_adapter
         from kexpert.bank.merge import WeightPatcher, delta_weights, save_merged_adapter
         from kexpert.data.sft import instruction_prompt
         from kexpert.eval.scoring import score_continuations
+        from kexpert.models.adapter import read_peft_adapter
 
         bank = ctx.get_bank()
         if self.candidates == "selected":

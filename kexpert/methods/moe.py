@@ -54,7 +54,7 @@ class MoEMethod(Method):
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         from omegaconf import OmegaConf, open_dict
 
-        from kexpert.pipeline.train_moe import train_moe
+        from kexpert.training.train_moe import train_moe
 
         moe_cfg = OmegaConf.create(OmegaConf.to_container(ctx.cfg.moe, resolve=True))
         experts = None

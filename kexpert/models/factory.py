@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from kexpert.data.prompts import PromptFormat
+from kexpert.models import tiny as tiny_mod
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.io import exclusive_lock, replace_dir
 from kexpert.utils.logging import get_logger
@@ -169,8 +170,6 @@ class BaseModelSpec:
         Args:
             tokenizer_only: Skip the model (returns ``(None, tokenizer)``).
         """
-        from kexpert.models import tiny as tiny_mod
-
         if self.tiny is not None:
             tok = tiny_mod.build_byte_tokenizer()
             if tokenizer_only:
@@ -225,3 +224,9 @@ class BaseModelSpec:
             model.generation_config.pad_token_id = tok.pad_token_id
         model.eval()
         return model.to(self.torch_device()), tok
+
+
+def tiny_spec(**overrides):
+    """A :class:`~kexpert.models.factory.BaseModelSpec` of the tiny model (fp32, CPU)."""
+    kwargs = {"name": "tiny", "dtype": "float32", "device": "cpu", "tiny": dict(tiny_mod.TINY_CONFIG), **overrides}
+    return BaseModelSpec(**kwargs)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kexpert.bank.adapter import LoRAAdapter, load_adapter_tensors, read_adapter_config, read_peft_adapter
+from kexpert.models.adapter import LoRAAdapter, load_adapter_tensors, read_adapter_config, read_peft_adapter
 from kexpert.models.components.lora_experts import LoRAExperts
 from kexpert.models.components.moe_linear import ComputePath, LoRAMoELinear
 from kexpert.models.components.router import TopKRouter

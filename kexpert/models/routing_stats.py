@@ -8,6 +8,7 @@ gate weight per expert is reported too. Output: CSV, a markdown table, JSON and 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,14 @@ from kexpert.data.prompts import PromptFormat
 from kexpert.data.records import Example
 from kexpert.models.components.router_init import forward_tokens
 from kexpert.models.inject import moe_layers
-from kexpert.models.moe_module import short_layer_name
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.io import atomic_write, write_json
+
+
+def short_layer_name(path: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj`` (metric names and plot labels)."""
+    m = re.search(r"\.(\d+)\.", path)
+    return f"L{m.group(1)}.{path.rsplit('.', 1)[-1]}" if m else path
 
 
 @dataclass

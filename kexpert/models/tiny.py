@@ -27,14 +27,6 @@ TINY_CONFIG: dict[str, int] = {
 """The tiny LLaMA of ``conf/base_model/tiny.yaml``, for code that builds a spec without Hydra (tests, scripts)."""
 
 
-def tiny_spec(**overrides):
-    """A :class:`~kexpert.models.factory.BaseModelSpec` of the tiny model (fp32, CPU)."""
-    from kexpert.models.factory import BaseModelSpec
-
-    kwargs = {"name": "tiny", "dtype": "float32", "device": "cpu", "tiny": dict(TINY_CONFIG), **overrides}
-    return BaseModelSpec(**kwargs)
-
-
 def build_byte_tokenizer():
     """A ``PreTrainedTokenizerFast`` over raw bytes with SmolLM2-like special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -29,8 +29,9 @@ from kexpert.data.records import Example, Instruction
 from kexpert.eval.evaluator import evaluate
 from kexpert.methods.base import Method, MethodContext
 from kexpert.pipeline.cache import StageArtifact, StageCache
+from kexpert.pipeline.validate import validate_config
 from kexpert.tasks.task import Task
-from kexpert.utils.errors import ConfigError
+from kexpert.utils.errors import ConfigError, InvalidGridPoint
 from kexpert.utils.instantiate import instantiate, to_container
 from kexpert.utils.io import read_json, read_jsonl, sha1_of, write_json, write_jsonl
 from kexpert.utils.loggers import build_loggers, close_loggers
@@ -226,7 +227,7 @@ class Pipeline:
         Selection decontaminates D_A against the task's own eval split only, so evaluating on another split
         checks the training data against it again; a hit is logged as a warning and recorded in metrics.
         """
-        from kexpert.bank.decontam import EvalIndex, find_overlaps
+        from kexpert.data.decontam import EvalIndex, find_overlaps
 
         index = EvalIndex()
         index.add_examples(eval_task.eval_examples(limit=self.cfg.eval.limit, seed=self.cfg.eval.seed))
@@ -329,31 +330,6 @@ def _link(target: Path, link: Path) -> None:
         link.with_suffix(".path").write_text(str(target))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Reject invalid grid points before any work (top-k vs N, N vs the selector, M vs N, K).
-
-    Raises:
-        ConfigError: naming the keys and what is expected.
-    """
-    if int(cfg.k_shot) < 1:
-        raise ConfigError(f"k_shot must be >= 1, got {cfg.k_shot}")
-    moe = cfg.get("moe")
-    if moe is not None:
-        n, k = int(moe.num_experts), int(moe.top_k)
-        if not 1 <= k <= n:
-            raise ConfigError(f"moe.top_k={k} must be between 1 and moe.num_experts={n}")
-    sel = cfg.get("expert_selection")
-    if sel is not None and moe is not None and sel.get("num_experts") is not None:
-        if int(sel.num_experts) != int(moe.num_experts):
-            raise ConfigError(
-                f"expert_selection.num_experts={sel.num_experts} differs from moe.num_experts="
-                f"{moe.num_experts}: the MoE needs one expert per selected LoRA"
-            )
-        m = sel.get("num_candidates")
-        if m is not None and int(m) < int(sel.num_experts):
-            raise ConfigError(f"expert_selection.num_candidates (M={m}) must be >= num_experts (N={sel.num_experts})")
-
-
 def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the configured stages; with ``skip_invalid=true`` an invalid grid point is recorded, not raised.
 
@@ -368,7 +344,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         out = _run(cfg, loggers)
         status = "success"
         return out
-    except ConfigError as e:
+    except InvalidGridPoint as e:
         if not cfg.get("skip_invalid", False):
             raise
         log.warning("skipping this grid point: %s", e)

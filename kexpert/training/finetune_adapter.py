@@ -35,7 +35,7 @@ def finetune_adapter(
     import lightning as L
     from peft import PeftModel
 
-    from kexpert.bank.testing import save_adapter
+    from kexpert.models.adapter import save_adapter
     from kexpert.training.datamodule import SFTDataModule
     from kexpert.training.lit_module import CausalLMLitModule
 

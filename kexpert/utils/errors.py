@@ -17,3 +17,11 @@ class ConfigError(KExpertError):
 
 class DataError(KExpertError):
     """A data file or record is missing or malformed."""
+
+
+class InvalidGridPoint(ConfigError):
+    """A sweep grid point that cannot run as a combination.
+
+    For example ``moe.top_k > moe.num_experts``, or no Expert LoRA for the task. With ``skip_invalid=true`` only
+    this error is recorded as a skipped cell; every other error fails the job.
+    """

@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kexpert.pipeline.train import validate_config
+from kexpert.pipeline.validate import validate_config
 from kexpert.utils.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

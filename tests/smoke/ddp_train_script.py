@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from kexpert.bank.manifest import read_manifest
 from kexpert.data.records import Instruction
-from kexpert.models.tiny import tiny_spec
-from kexpert.pipeline.train_moe import train_moe
+from kexpert.models.factory import tiny_spec
+from kexpert.training.train_moe import train_moe
 
 out_dir, bank_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spec = tiny_spec()

@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     from kexpert.bank.testing import make_random_bank
-    from kexpert.models.tiny import tiny_spec
+    from kexpert.models.factory import tiny_spec
 
     spec = tiny_spec()
     make_random_bank(spec, tmp_path / "bank", n=2, rank=4)

@@ -88,13 +88,13 @@ def test_cli_fixed_strategy(cfg_rocket, tmp_path, fixture_data_dir):
 def test_signal_study_writes_table(cfg_rocket, tmp_path):
     from omegaconf import open_dict
 
-    from kexpert.selection.experts.study import run_study
+    from kexpert.pipeline.expert_signal_study import run_study
 
     with open_dict(cfg_rocket):
         cfg_rocket.study.out_dir = str(tmp_path / "study")
         cfg_rocket.study.eval_limit = 3
         cfg_rocket.expert_selection.signals.accuracy_mode = "loglikelihood"
-    doc = run_study(cfg_rocket, "python -m kexpert.selection.experts.study task=arc_c")
+    doc = run_study(cfg_rocket, "python -m kexpert.pipeline.expert_signal_study task=arc_c")
     assert [r["signal"] for r in doc["correlations"]] == ["accuracy", "ppl", "reasoning_ppl"]
     assert len(doc["per_lora"]) == 4
     assert "Spearman" in (tmp_path / "study" / "arc_c.md").read_text()

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from kexpert.bank import build as build_mod
 from kexpert.bank.build import BankBuildSpec, DatasetSpec, entry_seed
-from kexpert.bank.decontam import EvalIndex
+from kexpert.data.decontam import EvalIndex
 from kexpert.data.records import Example, Instruction
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.tiny import TINY_CONFIG

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import open_dict
 
-from kexpert.bank.card import BASE, render_markdown, run_card
 from kexpert.bank.testing import make_random_bank
+from kexpert.pipeline.bank_card import BASE, render_markdown, run_card
 from kexpert.utils.instantiate import instantiate
 
 
@@ -28,7 +28,7 @@ def test_card_on_random_bank(compose_cfg, tmp_path):
     )
     spec = instantiate(cfg.base_model, key="base_model")
     make_random_bank(spec, tmp_path / "bank", n=2, rank=4, seed=1)
-    data = run_card(cfg, command="python -m kexpert.bank.card bank=manifest")
+    data = run_card(cfg, command="python -m kexpert.pipeline.bank_card bank=manifest")
     assert set(data["results"]) == {BASE, "lora_0", "lora_1"}
     assert data["tasks"]["arc_e"]["n"] == 3 and data["tasks"]["piqa"]["n"] == 2
     assert set(data["skipped_tasks"]) == {"arc_c", "boolq", "gsm8k", "mbpp"}
@@ -46,7 +46,8 @@ def test_card_on_random_bank(compose_cfg, tmp_path):
     assert ref.predictions and data["results"]["lora_1"]["arc_e"]["acc"] == ref.metrics["acc"]
 
     md = (tmp_path / "card" / "bank_card.md").read_text()
-    assert "| Base |" in md and "| lora_0 |" in md and "python -m kexpert.bank.card" in md and "| arc_e | 3 |" in md
+    assert "| Base |" in md and "| lora_0 |" in md and "| arc_e | 3 |" in md
+    assert "python -m kexpert.pipeline.bank_card" in md
     assert (tmp_path / "card" / "bank_card.png").stat().st_size > 1000
     cells = sorted((tmp_path / "card" / "cells").rglob("*.json"))
     assert len(cells) == 6

@@ -37,7 +37,7 @@ def _logits(model, ids):
 def test_imported_adapters_reproduce_peft_outputs(tmp_path, tiny_tokenizer):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from kexpert.bank.testing import save_adapter
+    from kexpert.models.adapter import save_adapter
 
     spec = _spec()
     base, _ = spec.load()
@@ -100,7 +100,7 @@ def test_ranks_and_targets_may_differ(tmp_path):
 def test_rank_pattern_is_recorded_per_module(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from kexpert.bank.testing import save_adapter
+    from kexpert.models.adapter import save_adapter
 
     spec = _spec()
     model, _ = spec.load()

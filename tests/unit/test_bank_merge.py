@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kexpert.bank.adapter import read_peft_adapter
 from kexpert.bank.merge import WeightPatcher, delta_weights, merged_modules, save_merged_adapter
 from kexpert.bank.testing import make_random_bank
+from kexpert.models.adapter import read_peft_adapter
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.tiny import TINY_CONFIG
 from kexpert.utils.errors import ConfigError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kexpert.bank.adapter import LoRAAdapter, LoRAModule
+from kexpert.models.adapter import LoRAAdapter, LoRAModule
 from kexpert.selection.experts.diversity import (
     DiversityConfig,
     all_groups,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from kexpert.selection.experts.study import correlations, markdown
+from kexpert.pipeline.expert_signal_study import correlations, markdown
 
 
 def test_correlations_match_scipy_and_handle_constants():
@@ -23,11 +23,11 @@ def test_correlations_match_scipy_and_handle_constants():
     assert math.isnan(rows["ppl"]["spearman_rho"]) and rows["ppl"]["expected_sign"] == "-"
     text = markdown(
         "arc_c",
-        "python -m kexpert.selection.experts.study task=arc_c",
+        "python -m kexpert.pipeline.expert_signal_study task=arc_c",
         list(rows.values()),
         [{"name": "l0", "eval_accuracy": 0.2, "accuracy": 0.1, "reasoning_ppl": 9.0, "ppl": 2.0}],
         "info",
     )
-    assert "`python -m kexpert.selection.experts.study task=arc_c`" in text
+    assert "`python -m kexpert.pipeline.expert_signal_study task=arc_c`" in text
     assert "| reasoning_ppl | -1.000 |" in text and "| l0 | 0.200 |" in text
     assert "| ppl | undefined: the signal is the same for every LoRA | — |" in text and "nan" not in text

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kexpert.models.components.router_init import KShotStatsRouterInit
+from kexpert.models.factory import tiny_spec
 from kexpert.models.inject import (
     LoRAMoESpec,
     inject_lora_moe,
@@ -20,7 +21,6 @@ from kexpert.models.inject import (
 )
 from kexpert.models.moe_checkpoint import export_to_lora, load_expert, read_moe_config, save_moe
 from kexpert.models.routing_stats import collect_routing_stats, write_routing_report
-from kexpert.models.tiny import tiny_spec
 from kexpert.utils.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,10 +10,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from kexpert.data.records import Instruction
+from kexpert.models.factory import tiny_spec
 from kexpert.models.inject import moe_layers, moe_state_dict
 from kexpert.models.moe_checkpoint import load_expert
-from kexpert.models.tiny import tiny_spec
-from kexpert.pipeline.train_moe import train_moe
+from kexpert.training.train_moe import train_moe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

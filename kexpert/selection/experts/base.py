@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kexpert.bank.adapter import read_peft_adapter
 from kexpert.bank.manifest import Bank
 from kexpert.data.records import Example
+from kexpert.models.adapter import read_peft_adapter
 from kexpert.selection.experts.diversity import DiversityConfig, group_mean_similarity, omega, similarity_matrix
 from kexpert.selection.experts.signals import BASE, BankScorer
 from kexpert.tasks.task import Task

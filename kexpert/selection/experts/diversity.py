@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kexpert.bank.adapter import LoRAAdapter
+from kexpert.models.adapter import LoRAAdapter
 from kexpert.utils.errors import ConfigError
 
 Quantity = Literal["delta_w", "ab"]
@@ -108,7 +108,7 @@ def similarity_matrix(
     """The M x M LoRA similarity matrix: per-module cosines averaged over the modules both LoRAs adapt.
 
     Args:
-        adapters: The LoRAs (read with :func:`kexpert.bank.adapter.read_peft_adapter`).
+        adapters: The LoRAs (read with :func:`kexpert.models.adapter.read_peft_adapter`).
         quantity: ``delta_w`` or ``ab`` (see the module docstring).
         absolute: ``|cos|`` per compared tensor.
         progress: Show a progress bar over modules.

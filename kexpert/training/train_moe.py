@@ -36,8 +36,8 @@ from kexpert.data.sft import SFTCollator, tokenize_instruction
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.inject import LoRAMoESpec, inject_lora_moe, mark_only_moe_trainable
 from kexpert.models.moe_checkpoint import save_moe
-from kexpert.models.moe_module import MoELitModule
 from kexpert.training.datamodule import SFTDataModule
+from kexpert.training.moe_module import MoELitModule
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.instantiate import instantiate
 from kexpert.utils.io import atomic_write, write_json

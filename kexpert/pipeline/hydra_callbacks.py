@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from kexpert.pipeline.validate import InvalidGridPoint, validate_config
 
 
 def _fmt(v: Any) -> str:
@@ -40,6 +45,21 @@ def summarize_runs(sweep_dir: str | Path) -> str:
     return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
 
 
+def grid_points(overrides: list[str]) -> list[list[str]]:
+    """Every job of a basic-sweeper multirun: the cartesian product of the sweep overrides, in Hydra's order.
+
+    ``a=1,2 b=x`` gives ``[["a=1", "b=x"], ["a=2", "b=x"]]``, as the basic sweeper launches them (public override
+    parser only; the sweeper's own splitting is private Hydra API).
+    """
+    per_key: list[list[str]] = []
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.is_sweep_override():
+            per_key.append([f"{ov.get_key_element()}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            per_key.append([ov.input_line or ov.get_key_element()])
+    return [list(job) for job in itertools.product(*per_key)]
+
+
 class MultirunSummary(Callback):
     """Print the metrics table of a finished multirun and save it as ``summary.md`` in the sweep dir."""
 
@@ -64,14 +84,6 @@ class ValidateSweep(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
-        from hydra import compose
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import OmegaConf
-
-        from kexpert.pipeline.train import validate_config
-        from kexpert.utils.errors import ConfigError
-
         if config.hydra.job.config_name != "train":
             return
         task_overrides = list(config.hydra.overrides.task)
@@ -79,13 +91,12 @@ class ValidateSweep(Callback):
         params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
         given = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides}
         extra = [f"{k}={v}" for k, v in params.items() if k not in given]
-        parser = OverridesParser.create()
-        jobs = BasicSweeper.split_arguments(parser.parse_overrides(task_overrides + extra), None)[0]
+        jobs = grid_points(task_overrides + extra)
         bad = []
         for job in jobs:
             try:
                 validate_config(compose(config_name="train", overrides=list(job)))
-            except ConfigError as e:
+            except InvalidGridPoint as e:
                 bad.append(f"{' '.join(job)}: {e}")
         if bad:
             listing = "\n  ".join(bad)

@@ -4,7 +4,7 @@ For one task, every bank LoRA gets its K-shot signals (accuracy, vanilla perplex
 accuracy on the task's eval split; the Spearman correlation (``scipy.stats.spearmanr``) of each signal with eval
 accuracy over the bank is written as a markdown table together with the command that made it::
 
-    python -m kexpert.selection.experts.study task=arc_c bank=smollm2_cpu
+    python -m kexpert.pipeline.expert_signal_study task=arc_c bank=smollm2_cpu
 
 Perplexities should correlate negatively (lower perplexity, higher accuracy), K-shot accuracy positively.
 """
@@ -127,9 +127,9 @@ def run_study(cfg: DictConfig, command: str) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="select_experts")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    """``python -m kexpert.selection.experts.study task=... bank=...``."""
+    """``python -m kexpert.pipeline.expert_signal_study task=... bank=...``."""
     configure_threads()
-    run_study(cfg, "python -m kexpert.selection.experts.study " + " ".join(sys.argv[1:]))
+    run_study(cfg, "python -m kexpert.pipeline.expert_signal_study " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

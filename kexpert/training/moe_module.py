@@ -12,7 +12,6 @@ SmolLM2 checkpoint is a few MB instead of 540 MB. Loading checks that exactly th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +19,9 @@ import torch
 
 from kexpert.models.components.router import expert_load, load_balancing_loss, router_z_loss, routing_entropy
 from kexpert.models.inject import moe_layers
+from kexpert.models.routing_stats import short_layer_name
 from kexpert.training.lit_module import CausalLMLitModule
 from kexpert.utils.errors import DataError
-
-
-def short_layer_name(path: str) -> str:
-    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj`` (metric names)."""
-    m = re.search(r"\.(\d+)\.", path)
-    return f"L{m.group(1)}.{path.rsplit('.', 1)[-1]}" if m else path
 
 
 class MoELitModule(CausalLMLitModule):

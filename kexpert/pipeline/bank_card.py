@@ -2,7 +2,7 @@
 
 Like the paper's Tables 9/10.
 
-``python -m kexpert.bank.card bank=<name> [base_model=<name>] [card.limits.arc_e=100]`` loads the base model
+``python -m kexpert.pipeline.bank_card bank=<name> [base_model=<name>] [card.limits.arc_e=100]`` loads the base model
 once, attaches every bank adapter to one peft model, and evaluates each (adapter, task) cell with the shared
 evaluator: multiple-choice tasks by log-likelihood (every row of a batch names its adapter, ``__base__`` for
 the base model), generation tasks with the adapter set active. Each finished cell is cached under
@@ -120,7 +120,7 @@ def run_card(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
         "bank": bank.name,
         "base_model": spec.identity,
         "bank_root": str(bank.root),
-        "command": command or "python -m kexpert.bank.card " + " ".join(sys.argv[1:]),
+        "command": command or "python -m kexpert.pipeline.bank_card " + " ".join(sys.argv[1:]),
         "tasks": {
             n: {
                 "n": len(tasks[n].eval_examples(limit=int(card_cfg.limits[n]), seed=int(card_cfg.seed))),
@@ -251,7 +251,7 @@ def render_heatmap(data: dict[str, Any], path: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bank")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: ``python -m kexpert.bank.card bank=<name>``."""
+    """Hydra entry point: ``python -m kexpert.pipeline.bank_card bank=<name>``."""
     configure_threads()
     run_card(cfg)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from kexpert.utils.errors import DataError
+from kexpert.utils.io import replace_dir
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
@@ -163,3 +165,17 @@ def read_peft_adapter(path: str | Path) -> LoRAAdapter:
         scaling = alpha / math.sqrt(r) if rslora else alpha / r
         modules[module] = LoRAModule(A=a, B=b, rank=r, alpha=alpha, scaling=scaling)
     return LoRAAdapter(path=path, modules=modules, config=cfg)
+
+
+def save_adapter(peft_model, out_dir: Path, base_identity: str, adapter_name: str = "default") -> Path:
+    """``save_pretrained`` one adapter into ``out_dir`` (atomically: temp dir, then rename) with its base recorded."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    peft_model.peft_config[adapter_name].base_model_name_or_path = base_identity
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(str(tmp), selected_adapters=[adapter_name], save_embedding_layers=False)
+    src = tmp / adapter_name if adapter_name != "default" else tmp
+    replace_dir(src, out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
