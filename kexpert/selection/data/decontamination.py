@@ -10,6 +10,7 @@ or CommonsenseQA can contain evaluation questions verbatim or reworded. Two test
    eval answer phrase is knowledge overlap, not a leak of the eval item).
    Matching is vectorised over the whole pool with 64-bit polynomial hashes of word-id windows (words outside
    the eval vocabulary break windows), never a Python loop over n-grams.
+   Words are those of :func:`kexpert.data.decontam.normalize_words`, shared with the bank's decontamination.
 2. **Embedding near-duplicates.** The item's embedding has cosine ``> embed_threshold`` to an eval item's
    (FAISS range search; the eval items are embedded with the same text template as the pool).
 """
@@ -17,25 +18,18 @@ or CommonsenseQA can contain evaluation questions verbatim or reworded. Two test
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from kexpert.data.decontam import normalize_words
 from kexpert.selection.data.faiss_index import IndexConfig, build_index, range_search
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased alphanumeric words (punctuation and spacing differences do not hide an overlap)."""
-    return _WORD.findall(text.lower())
 
 
 @dataclass
@@ -112,7 +106,7 @@ class Decontaminator:
         tagged = [(e, seg, self.min_tokens) for e, segs in enumerate(eval_segments) for seg in segs]
         tagged += [(e, seg, self.ngram) for e, segs in enumerate(eval_answers or []) for seg in segs]
         for e, seg, shortest in tagged:
-            toks = words(seg)
+            toks = normalize_words(seg)
             if len(toks) < shortest:
                 continue
             ids = np.array([vocab.setdefault(t, len(vocab) + 1) for t in toks], dtype=np.uint64)
@@ -148,7 +142,7 @@ class Decontaminator:
         hits: dict[int, int] = {}
         for start in range(0, len(pool_texts), self.chunk_items):
             chunk = pool_texts[start : start + self.chunk_items]
-            toks = [words(t) for t in chunk]
+            toks = [normalize_words(t) for t in chunk]
             lengths = np.fromiter((len(t) + 1 for t in toks), dtype=np.int64, count=len(toks))
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             ids = np.fromiter(

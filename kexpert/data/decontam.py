@@ -1,9 +1,14 @@
-"""Eval-set decontamination of bank training data (METHOD.md section 2: bank LoRAs must not see eval items).
+"""Eval-set decontamination core: the word normalisation every overlap test shares, and the eval-question index.
 
-Every task's eval question is normalized (lower case, alphanumeric words only) and indexed by its first
-``ngram`` words (all of it when shorter). A training item overlaps an eval item when the eval question's
-normalized word sequence occurs inside the item's normalized text (instruction + input + output). Questions
-shorter than ``min_words`` words only match an item whose whole prompt equals them.
+Bank training data (METHOD.md section 2: bank LoRAs must not see eval items) is checked with
+:class:`EvalIndex` / :func:`find_overlaps`; the data-selection pool filter
+(:mod:`kexpert.selection.data.decontamination`) tokenises with the same :func:`normalize_words`, so both
+agree on what a word is (lower case, ASCII letters and digits).
+
+Every task's eval question is normalized and indexed by its first ``ngram`` words (all of it when shorter).
+A training item overlaps an eval item when the eval question's normalized word sequence occurs inside the
+item's normalized text (instruction + input + output). Questions shorter than ``min_words`` words only
+match an item whose whole prompt equals them.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from dataclasses import dataclass
 from kexpert.data.records import Example, Instruction
 
 _WORD = re.compile(r"[a-z0-9]+")
+"""A word: a run of ASCII letters and digits, matched in lower-cased text."""
 
 
 def normalize_words(text: str) -> list[str]:
-    """Lower-cased alphanumeric words of ``text``."""
+    """Lower-cased alphanumeric words of ``text`` (punctuation and spacing differences do not hide an overlap)."""
     return _WORD.findall(text.lower())
 
 

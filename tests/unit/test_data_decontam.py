@@ -1,8 +1,8 @@
-"""Eval-set decontamination index."""
+"""Eval-set decontamination core (kexpert.data.decontam): word normalisation and the eval-question index."""
 
 from __future__ import annotations
 
-from kexpert.bank.decontam import EvalIndex, find_overlaps, normalize_words
+from kexpert.data.decontam import EvalIndex, find_overlaps, normalize_words
 from kexpert.data.records import Example, Instruction
 
 
