@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
+
+from kexpert.data.numbers import canonical_number
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
 
@@ -93,18 +94,6 @@ def gsm8k_number(text: str) -> str | None:
             return canonical_number(m.group(1))
     nums = re.findall(_NUMBER, text)
     return canonical_number(nums[-1]) if nums else None
-
-
-def canonical_number(s: str) -> str | None:
-    """Canonical number string (``"1,000.50"`` -> ``"1000.5"``, ``"3/4"`` -> ``"0.75"``); ``None`` if unparsable."""
-    s = s.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        value = Decimal(Fraction(s).numerator) / Decimal(Fraction(s).denominator) if "/" in s else Decimal(s)
-    except (InvalidOperation, ValueError, ZeroDivisionError):
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:

@@ -1,7 +1,7 @@
 """A task: where its splits come from, how its prompts look, and how an answer is judged.
 
 One :class:`Task` class serves all six tasks; everything task-specific is configuration
-(``conf/task/*.yaml``): the split sources and schema normalizers, prompt templates, the evaluation mode,
+(``conf/task/*.yaml``): the split sources and row formats, prompt templates, the evaluation mode,
 and the answer kind (multiple choice, yes/no, number, code). Nothing here hard-codes a chat template:
 that is the base model's :class:`~kexpert.data.prompts.PromptFormat`.
 """
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kexpert.data.formats import example_normalizer
 from kexpert.data.records import Example, Instruction
 from kexpert.tasks import extractors
-from kexpert.tasks.normalizers import NORMALIZERS
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import iter_jsonl
 from kexpert.utils.logging import get_logger
@@ -35,9 +35,9 @@ class SplitSource:
 
     Attributes:
         local: Path relative to the data dir, or ``None`` when the split does not exist locally.
-        local_format: Normalizer name for the local file (a key of ``NORMALIZERS``).
+        local_format: Task-row format of the local file (a name in :data:`kexpert.data.formats.FORMATS`).
         hub: ``datasets.load_dataset`` arguments (``path``, optional ``name``, ``split``), or ``None``.
-        hub_format: Normalizer name for hub rows.
+        hub_format: Task-row format of the hub rows.
     """
 
     local: str | None = None
@@ -221,7 +221,7 @@ class Task:
         path = data_dir / src.local
         if not path.exists():
             raise DataError(f"task {self.name}: {path} not found (expected the layout of shared/data, see its README)")
-        normalize = NORMALIZERS[src.local_format]
+        normalize = example_normalizer(src.local_format, f"task {self.name}: split {what!r} local_format")
         out = []
         for lineno, row in enumerate(iter_jsonl(path), start=1):
             try:
@@ -244,7 +244,7 @@ class Task:
                 f"task {self.name}: could not load {src.hub} from the hub ({type(e).__name__}: {e}); "
                 "offline, point KEXPERT_DATA_DIR at a local data dir"
             ) from e
-        normalize = NORMALIZERS[src.hub_format]
+        normalize = example_normalizer(src.hub_format, f"task {self.name}: split {what!r} hub_format")
         out = []
         for i, row in enumerate(ds):
             try:

@@ -1,7 +1,7 @@
 import pytest
 
+from kexpert.data.numbers import canonical_number
 from kexpert.tasks.extractors import (
-    canonical_number,
     extract_code,
     first_option_letter,
     gsm8k_number,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kexpert.data.pools import POOL_FORMATS, default_source, detect_format, load_pool, load_pool_file
+from kexpert.data.formats import format_names
+from kexpert.data.pools import default_source, detect_format, load_pool, load_pool_file
 from kexpert.utils.errors import ConfigError, DataError
 
 
@@ -134,7 +135,7 @@ def test_each_schema_normalizes(tmp_path, name):
     assert (it.instruction, it.input, it.output) == expected
     assert it.source == default_source(path)
     assert it.meta["id"]
-    assert detect_format(path) in POOL_FORMATS
+    assert detect_format(path) in format_names("pool")
 
 
 def test_mc_pools_match_task_answer_style(tmp_path):

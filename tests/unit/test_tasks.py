@@ -3,9 +3,9 @@ import json
 import pytest
 from hydra.utils import instantiate
 
+from kexpert.data.formats import tasks as N
 from kexpert.data.kshot import sample_kshot
 from kexpert.tasks import Task
-from kexpert.tasks import normalizers as N
 from kexpert.utils.errors import ConfigError, DataError
 
 TASKS = ["arc_c", "arc_e", "piqa", "boolq", "gsm8k", "mbpp"]

@@ -1,9 +1,10 @@
-"""Schema normalizers: one function per source schema, each mapping a raw row to an :class:`Example`.
+"""Task-row normalizers: one function per task source schema, each mapping a raw row to an :class:`Example`.
 
 Local files (the layout of ``shared/data``) and hub datasets (``datasets.load_dataset``) go through the
 same functions, so both sources give identical records for the same split. Every normalizer raises
 ``KeyError``/``ValueError`` on a row that does not fit; the loader turns that into an error naming the
-file and line.
+file and line. The registry that names them (the ``local_format`` / ``hub_format`` of ``conf/task/*.yaml``)
+is :data:`kexpert.data.formats.FORMATS`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from kexpert.data.numbers import canonical_number
 from kexpert.data.records import Example
 
-Normalizer = Callable[[dict[str, Any], str, int], Example]
+ExampleNormalizer = Callable[[dict[str, Any], str, int], Example]
+"""A task-row normalizer: ``(row, task name, row index) -> Example``."""
+
 _LETTERS = "ABCDEFGHIJ"
 
 
@@ -140,8 +144,6 @@ def gsm8k(row: dict[str, Any], task: str, index: int) -> Example:
     if "####" not in answer:
         raise ValueError("answer has no '#### <number>' line")
     solution, final = answer.rsplit("####", 1)
-    from kexpert.tasks.extractors import canonical_number
-
     gold = canonical_number(final.strip())
     if gold is None:
         raise ValueError(f"final answer is not a number: {final.strip()!r}")
@@ -170,15 +172,3 @@ def mbpp(row: dict[str, Any], task: str, index: int) -> Example:
         tests=tuple(tests),
         test_setup=row.get("test_setup_code") or "",
     )
-
-
-NORMALIZERS: dict[str, Normalizer] = {
-    "arc_ai2": arc_ai2,
-    "arc_hf": arc_hf,
-    "arc_llm_adapters": arc_llm_adapters,
-    "piqa": piqa,
-    "boolq_superglue": boolq_superglue,
-    "boolq_google": boolq_google,
-    "gsm8k": gsm8k,
-    "mbpp": mbpp,
-}
