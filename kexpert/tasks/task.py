@@ -1,61 +1,29 @@
 """A task: where its splits come from, how its prompts look, and how an answer is judged.
 
 One :class:`Task` class serves all six tasks; everything task-specific is configuration
-(``conf/task/*.yaml``): the split sources and row formats, prompt templates, the evaluation mode,
-and the answer kind (multiple choice, yes/no, number, code). Nothing here hard-codes a chat template:
-that is the base model's :class:`~kexpert.data.prompts.PromptFormat`.
+(``conf/task/*.yaml``): the split sources and row formats (read by :mod:`kexpert.tasks.sources`), prompt
+templates, the evaluation mode, and the answer kind (multiple choice, yes/no, number, code). Nothing here
+hard-codes a chat template: that is the base model's :class:`~kexpert.data.prompts.PromptFormat`.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kexpert.data.formats import example_normalizer
 from kexpert.data.records import Example, Instruction
 from kexpert.tasks import extractors
+from kexpert.tasks.sources import SplitSource, read_hub, read_local, resolve_data_dir
 from kexpert.utils.errors import ConfigError, DataError
-from kexpert.utils.io import iter_jsonl
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 AnswerKind = Literal["multiple_choice", "yes_no", "number", "code"]
 EvalMode = Literal["loglikelihood", "generate"]
-
-
-@dataclass
-class SplitSource:
-    """Where one split lives, locally and on the hub.
-
-    Attributes:
-        local: Path relative to the data dir, or ``None`` when the split does not exist locally.
-        local_format: Task-row format of the local file (a name in :data:`kexpert.data.formats.FORMATS`).
-        hub: ``datasets.load_dataset`` arguments (``path``, optional ``name``, ``split``), or ``None``.
-        hub_format: Task-row format of the hub rows.
-    """
-
-    local: str | None = None
-    local_format: str | None = None
-    hub: dict[str, Any] | None = None
-    hub_format: str | None = None
-
-    @classmethod
-    def build(cls, spec: Any) -> SplitSource | None:
-        """From a config mapping (or ``None``)."""
-        if spec is None:
-            return None
-        if isinstance(spec, SplitSource):
-            return spec
-        spec = dict(spec)
-        if spec.get("hub") is not None:
-            spec["hub"] = dict(spec["hub"])
-        return cls(**spec)
 
 
 class Task:
@@ -160,20 +128,10 @@ class Task:
         """
         if self.eval_source is None:
             raise ConfigError(f"{key}: task {self.name} has no eval_split to override")
-        if not isinstance(override, Mapping):
-            raise ConfigError(f"{key}: expected a mapping like eval_split's, got {type(override).__name__}")
-        merged = asdict(self.eval_source)
-        unknown = sorted(set(override) - set(merged))
-        if unknown:
-            raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)} (expected {', '.join(sorted(merged))})")
-        for k, v in override.items():
-            if k == "hub" and isinstance(v, Mapping) and merged["hub"] is not None:
-                merged["hub"] = {**merged["hub"], **dict(v)}
-            else:
-                merged[k] = dict(v) if isinstance(v, Mapping) else v
+        source = self.eval_source.merged(override, key)
         held = self._holdout_ids()
         other = copy.copy(self)
-        other.eval_source = SplitSource.build(merged)
+        other.eval_source = source
         other._cache = {k: v for k, v in self._cache.items() if not k.startswith("eval:")}
         other._origin = self._origin or self
         other._fixed_holdout = held
@@ -187,8 +145,7 @@ class Task:
         return "local" if self._data_dir() is not None else "hub"
 
     def _data_dir(self) -> Path | None:
-        d = self.data_dir or os.environ.get("KEXPERT_DATA_DIR")
-        return Path(d).expanduser() if d else None
+        return resolve_data_dir(self.data_dir)
 
     def _load(self, src: SplitSource, what: str) -> list[Example]:
         key = f"{what}:{self.resolved_source()}"
@@ -207,51 +164,10 @@ class Task:
         return rows
 
     def _load_local(self, src: SplitSource, what: str) -> list[Example]:
-        data_dir = self._data_dir()
-        if data_dir is None:
-            raise DataError(
-                f"task {self.name}: no local data dir; set KEXPERT_DATA_DIR or paths.data_dir (or task.source=hub)"
-            )
-        if not data_dir.is_dir():
-            raise DataError(
-                f"task {self.name}: data dir {data_dir} does not exist (KEXPERT_DATA_DIR / paths.data_dir)"
-            )
-        if src.local is None or src.local_format is None:
-            raise DataError(f"task {self.name}: split {what!r} has no local file configured")
-        path = data_dir / src.local
-        if not path.exists():
-            raise DataError(f"task {self.name}: {path} not found (expected the layout of shared/data, see its README)")
-        normalize = example_normalizer(src.local_format, f"task {self.name}: split {what!r} local_format")
-        out = []
-        for lineno, row in enumerate(iter_jsonl(path), start=1):
-            try:
-                out.append(normalize(row, self.name, lineno - 1))
-            except (KeyError, ValueError, TypeError, AttributeError) as e:
-                raise DataError(
-                    f"{path}:{lineno}: not a valid {src.local_format} row ({type(e).__name__}: {e})"
-                ) from e
-        return out
+        return read_local(self.name, src, what, self._data_dir())
 
     def _load_hub(self, src: SplitSource, what: str) -> list[Example]:
-        if src.hub is None or src.hub_format is None:
-            raise DataError(f"task {self.name}: split {what!r} has no hub dataset configured")
-        try:
-            import datasets
-
-            ds = datasets.load_dataset(**src.hub)
-        except Exception as e:  # network, auth, missing dataset: one clear line
-            raise DataError(
-                f"task {self.name}: could not load {src.hub} from the hub ({type(e).__name__}: {e}); "
-                "offline, point KEXPERT_DATA_DIR at a local data dir"
-            ) from e
-        normalize = example_normalizer(src.hub_format, f"task {self.name}: split {what!r} hub_format")
-        out = []
-        for i, row in enumerate(ds):
-            try:
-                out.append(normalize(dict(row), self.name, i))
-            except (KeyError, ValueError, TypeError) as e:
-                raise DataError(f"{src.hub} row {i}: not a valid {src.hub_format} row ({e})") from e
-        return out
+        return read_hub(self.name, src, what)
 
     def _has_kshot_split(self) -> bool:
         src = self.kshot_source
