@@ -11,7 +11,7 @@ DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/multiruns/demo/$(DEMO_STAMP)
 
 # test-slow/test-all: see below
-.PHONY: help venv demo demo-eval bank bank-card select-data report test test-slow test-all lint format clean clean-outputs
+.PHONY: help venv demo demo-eval bank bank-card select-data report rebuild-tables test test-slow test-all lint format clean clean-outputs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ select-data: venv ## Sim-Div data selection for every task on the real pools (of
 
 report: venv ## tables + plots of a sweep: make report SWEEP=outputs/multiruns/<name>/<time>
 	$(PY) -m kexpert.report $(SWEEP)
+
+rebuild-tables: venv ## check experiments/ archives (sha256) and rebuild the committed tables from them (~15 s)
+	$(PY) experiments/rebuild_tables.py --check
 
 test: venv ## the test suite (offline, CPU, no slow tests)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)

@@ -8,9 +8,15 @@ and ``predictions.jsonl`` cut down to ``id``, ``correct`` and ``pred`` (no promp
 task data), into the same relative folders under ``DST``.
 ``paired.py`` and ``python -m kexpert.report`` read the copy as they read the original:
 
-    python experiments/study_smollm2/archive_runs.py outputs/sweeps/lorahub experiments/study_smollm2/lorahub/runs
+    python experiments/study_smollm2/archive_runs.py outputs/sweeps/lorahub experiments/study_smollm2/lorahub/runs/x
 
 Each file is written to a temporary name and renamed into place, so an interrupted copy leaves no half file.
+
+The copies are not committed file by file: when ``DST`` is (inside) a folder named ``runs``, that folder is then
+packed into ``runs.tar.xz`` beside it (``experiments/pack_runs.py``: deterministic, members of the existing archive
+that are not on disk are kept, so ``runs/`` need not be unpacked first), its sha256 is entered in
+``experiments/archives.sha256`` and in the README's Archives table, and ``runs/`` itself stays git-ignored. Unpack
+an archive to read the runs: ``python experiments/rebuild_tables.py --unpack-all`` (every archive, in place).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import sys
 from pathlib import Path
 
 from kexpert.utils.io import atomic_write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/, for pack_runs
+import pack_runs  # noqa: E402
 
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml")
 ROUTING_FILE = "routing/routing.json"
@@ -78,14 +87,35 @@ def archive(src: Path, dst: Path) -> list[Path]:
     return written
 
 
+def runs_folder(dst: Path) -> Path | None:
+    """The folder named ``runs`` that ``dst`` is (or is inside), packed after the copy; ``None`` if there is none."""
+    for d in (dst, *dst.parents):
+        if d.name == "runs":
+            return d
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", type=Path, help="a sweep or run folder (searched recursively)")
     ap.add_argument("dst", type=Path, help="where the slim copies go (same relative layout)")
+    ap.add_argument("--no-pack", action="store_true", help="only copy; do not pack the enclosing runs/ folder")
     args = ap.parse_args(argv)
     written = archive(args.src, args.dst)
     print(f"{len(written)} runs archived from {args.src} into {args.dst}")
+    runs = runs_folder(args.dst)
+    if args.no_pack:
+        return 0
+    if runs is None:
+        print(f"{args.dst} is not inside a folder named runs: not packed (experiments/pack_runs.py packs a folder)")
+        return 0
+    try:
+        packed = pack_runs.pack(runs)
+    except pack_runs.ArchiveError as e:
+        raise SystemExit(f"packing {runs}: {e}") from e
+    n = len(pack_runs.read_members(packed))
+    print(f"packed {runs} into {packed} ({n} files, sha256 {pack_runs.sha256_file(packed)}); commit the archive")
     return 0
 
 

@@ -101,8 +101,8 @@ def describe(m: dict, varying: set[str] = frozenset()) -> str:
     return " ".join(parts)
 
 
-def main() -> None:
-    """Print the paired table."""
+def main(argv: list[str] | None = None) -> None:
+    """Print the paired table (``argv``: the command-line arguments, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dirs", nargs="+", type=Path, help="run or multirun dirs, searched recursively")
     ap.add_argument("--key", default="method", help="metrics.json field that names the baseline (default: method)")
@@ -115,7 +115,7 @@ def main() -> None:
         help="run or sweep dirs (searched recursively) that hold the baseline runs; then only these are baselines",
     )
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     runs = [(p, r) for p in run_dirs(args.sweep_dirs) if (r := load_run(p)) is not None]
     varying = varying_overrides([m for _, (m, _) in runs])
