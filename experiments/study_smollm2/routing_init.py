@@ -44,20 +44,20 @@ def compose_train_cfg(task: str, overrides: list[str]):
 def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
     """Routing fractions of the LoRA-MoE as ``train_moe`` builds it at step 0 (no training)."""
     from kexpert.models.routing_stats import collect_routing_stats, eval_texts
-    from kexpert.pipeline.train import Pipeline
+    from kexpert.pipeline.stages import eval_task, load_bank
     from kexpert.training.train_moe import build_moe_at_init
     from kexpert.utils.instantiate import instantiate
 
-    pipe = Pipeline(cfg)
-    bank = pipe.bank()
+    base_spec = instantiate(cfg.base_model, key="base_model")
+    bank = load_bank(cfg.bank, base_spec)
     missing = [e for e in experts if e not in bank]
     if missing:
         raise SystemExit(f"bank {bank.name}: no entries {missing} (it has {', '.join(bank.names())})")
     spec = instantiate(cfg.moe, key="moe")
-    model, tok, _, _ = build_moe_at_init(spec, pipe.base_spec, [bank[e] for e in experts], seed)
-    task = pipe.eval_task()
+    model, tok, _, _ = build_moe_at_init(spec, base_spec, [bank[e] for e in experts], seed)
+    task = eval_task(instantiate(cfg.task, key="task"), cfg.eval)
     examples = task.eval_examples(limit=limit, seed=cfg.eval.seed)
-    texts = eval_texts(task, examples, pipe.base_spec.prompt_format, tok)
+    texts = eval_texts(task, examples, base_spec.prompt_format, tok)
     stats = collect_routing_stats(model.eval(), tok, texts, expert_names=experts, batch_size=8, progress=True)
     return {"layers": stats.layers, "experts": list(experts), "fractions": stats.fractions, "tokens": stats.tokens}
 

@@ -5,7 +5,7 @@
 * :mod:`kexpert.bank.validate`: describing an adapter as an entry and validating it against a base model.
 * :mod:`kexpert.bank.spec`: ``conf/bank`` options for existing adapters (manifest, adapter dir, hub ids).
 * :mod:`kexpert.bank.build`: ``conf/bank`` options for banks kexpert trains (``python bank.py``).
-* :mod:`kexpert.bank.decontam`: eval-set decontamination of bank training data.
+* :mod:`kexpert.data.decontam` (used by the build): eval-set decontamination of bank training data.
 * :mod:`kexpert.bank.testing`: random PEFT banks for tests.
 """
 

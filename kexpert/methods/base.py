@@ -8,11 +8,18 @@ The pipeline evaluates every method with the same evaluator.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from kexpert.bank.manifest import Bank
 from kexpert.data.records import Example, Instruction
+from kexpert.models.factory import BaseModelSpec
+from kexpert.tasks.task import Task
 from kexpert.utils.errors import ConfigError
 
 DataChoice = Literal["none", "kshot", "kshot+selected"]
@@ -20,34 +27,37 @@ DataChoice = Literal["none", "kshot", "kshot+selected"]
 
 @dataclass
 class MethodContext:
-    """What the pipeline provides to a method (lazily computed upstream artifacts).
+    """What the pipeline hands a method: the upstream stages' results, computed on first use.
 
     Attributes:
-        cfg: The whole run config.
         task: The task.
         base_spec: The base model spec.
-        kshot: K-shot examples.
+        kshot: K-shot examples (D_K).
         kshot_items: The K-shot as SFT items.
         seed: Training seed.
+        optim: ``conf/optim`` (optimizer and scheduler partials).
+        trainer: ``conf/trainer`` (the Lightning ``Trainer`` config).
+        moe: ``conf/moe`` (LoRA-MoE methods), or ``None``.
         get_bank: Returns the bank (validated against the base model).
-        get_experts: Returns ``(chosen names, experts.json document)`` from the expert-selection stage.
-        get_selected: Returns the selected open data (without the K-shot).
-        get_oracle: Returns the oracle ranking (best bank LoRA on the eval split first).
-        logger: Lightning loggers for training.
+        get_experts: Returns the names chosen by the expert-selection stage (Algorithm 1).
+        get_selected: Returns the selected open data D_A (without the K-shot).
+        get_oracle: Returns the bank entries ordered by eval-split accuracy (best first). ORACLE.
+        logger: The Lightning logger for training, or ``None``.
     """
 
-    cfg: Any
-    task: Any
-    base_spec: Any
+    task: Task
+    base_spec: BaseModelSpec
     kshot: list[Example]
     kshot_items: list[Instruction]
     seed: int
-    get_bank: Any
-    get_experts: Any
-    get_selected: Any
-    get_oracle: Any
-    logger: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
+    optim: DictConfig
+    trainer: DictConfig
+    moe: DictConfig | None
+    get_bank: Callable[[], Bank]
+    get_experts: Callable[[], list[str]]
+    get_selected: Callable[[], list[Instruction]]
+    get_oracle: Callable[[], list[str]]
+    logger: Logger | None = None
 
     def train_items(self, data: DataChoice) -> list[Instruction]:
         """D_K, or D_K followed by D_A, as the paper trains on (METHOD.md §6)."""

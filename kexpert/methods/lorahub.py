@@ -103,7 +103,7 @@ class LoRAHubMethod(Method):
 
         bank = ctx.get_bank()
         if self.candidates == "selected":
-            names = ctx.get_experts()[0]
+            names = ctx.get_experts()
         else:
             names = pick_random(bank.names(), ctx.seed, min(self.num_candidates, len(bank)))
         adapters = [read_peft_adapter(bank[n].path) for n in names]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kexpert.methods.base import DataChoice, Method, MethodContext
+from kexpert.training.train_moe import train_moe
 from kexpert.utils.io import write_json
 
 
@@ -54,22 +55,20 @@ class MoEMethod(Method):
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         from omegaconf import OmegaConf, open_dict
 
-        from kexpert.training.train_moe import train_moe
-
-        moe_cfg = OmegaConf.create(OmegaConf.to_container(ctx.cfg.moe, resolve=True))
+        moe_cfg = OmegaConf.create(OmegaConf.to_container(ctx.moe, resolve=True))
         experts = None
         names: list[str] = []
         if self.random_experts:
             with open_dict(moe_cfg):
                 moe_cfg.expert_init = "random"
         else:
-            names = ctx.get_experts()[0]
+            names = ctx.get_experts()
             bank = ctx.get_bank()
             experts = [(n, str(bank[n].path)) for n in names]
         _, metrics = train_moe(
             moe_cfg,
-            ctx.cfg.optim,
-            ctx.cfg.trainer,
+            ctx.optim,
+            ctx.trainer,
             ctx.base_spec,
             experts,
             ctx.train_items(self.data),

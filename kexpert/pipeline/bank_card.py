@@ -70,7 +70,7 @@ def run_card(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     from kexpert.bank.build import BankBuildSpec
     from kexpert.bank.spec import validate_bank
     from kexpert.models.factory import BaseModelSpec
-    from kexpert.pipeline.build_bank import load_tasks
+    from kexpert.pipeline.stages.bank import instantiate_tasks
     from kexpert.utils.instantiate import instantiate
 
     card_cfg = cfg.card
@@ -84,7 +84,11 @@ def run_card(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
         log.warning("bank %s: partial card, %d of %d entries built", bank.name, len(bank), len(bank_spec.datasets))
     else:
         bank = bank_spec.load(spec)
-    tasks = {n: t for n, t in load_tasks(cfg).items() if int(card_cfg.limits.get(n, 0) or 0) > 0}
+    tasks = {
+        n: t
+        for n, t in instantiate_tasks(cfg.get("tasks"), "tasks").items()
+        if int(card_cfg.limits.get(n, 0) or 0) > 0
+    }
     skipped = [n for n in cfg.tasks if n not in tasks]
     if not tasks:
         raise ConfigError("card.limits: every task has limit 0; nothing to evaluate")

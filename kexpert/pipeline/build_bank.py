@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from omegaconf import DictConfig
 
 from kexpert.bank.build import BankBuildSpec
 from kexpert.bank.manifest import Bank
 from kexpert.models.factory import BaseModelSpec
+from kexpert.pipeline.stages.bank import build_bank_entries
 from kexpert.utils.instantiate import instantiate
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def load_tasks(cfg: DictConfig) -> dict[str, Any]:
-    """``{name: Task}`` of every task under ``cfg.tasks``."""
-    return {name: instantiate(node, key=f"tasks.{name}") for name, node in (cfg.get("tasks") or {}).items()}
 
 
 def run(cfg: DictConfig) -> Bank:
@@ -35,10 +30,8 @@ def run(cfg: DictConfig) -> Bank:
             len(missing),
             len(bank_spec.datasets),
         )
-        optimizer = instantiate(cfg.optim.optimizer, key="optim.optimizer")
-        scheduler = instantiate(cfg.optim.scheduler, key="optim.scheduler") if cfg.optim.get("scheduler") else None
         only = list(cfg.only) if cfg.get("only") else None
-        bank_spec.build(spec, load_tasks(cfg), optimizer, scheduler, cfg.trainer, only=only)
+        build_bank_entries(bank_spec, spec, cfg.get("tasks"), cfg.optim, cfg.trainer, only=only)
         if only is not None:
             bank = bank_spec.existing()
             assert bank is not None

@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 from scipy.stats import spearmanr
 
+from kexpert.pipeline.select_experts import build_context
 from kexpert.selection.experts.base import SelectionContext
 from kexpert.utils.cli import configure_threads, friendly_errors
 from kexpert.utils.instantiate import instantiate
@@ -93,8 +94,6 @@ def markdown(task: str, command: str, rows: list[dict[str, Any]], per_lora: list
 
 def run_study(cfg: DictConfig, command: str) -> dict[str, Any]:
     """Compute the signals and eval accuracies, write ``<task>.md`` and ``<task>.json`` under ``study.out_dir``."""
-    from kexpert.pipeline.select_experts import build_context
-
     selector = instantiate(cfg.expert_selection, key="expert_selection")
     ctx: SelectionContext
     ctx, spec = build_context(cfg, selector)

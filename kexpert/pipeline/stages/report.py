@@ -1,0 +1,114 @@
+"""Stage ``report``: the run directory (links to every artifact, predictions, routing table) and ``metrics.json``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from kexpert.models import routing_stats
+from kexpert.models.factory import BaseModelSpec
+from kexpert.pipeline.stages.results import Evaluation, StageLog
+from kexpert.tasks.task import Task
+from kexpert.utils.io import read_jsonl, write_jsonl
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def link(target: Path, link_path: Path) -> None:
+    """Symlink ``link_path`` -> ``target`` (a ``.path`` text pointer where the file system has no symlinks)."""
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    if link_path.is_symlink() or link_path.exists():
+        link_path.unlink()
+    try:
+        os.symlink(target, link_path)
+    except OSError:
+        link_path.with_suffix(".path").write_text(str(target))
+
+
+def count_params(model: torch.nn.Module) -> dict[str, int]:
+    """Total parameters and the adapter's (LoRA, router and expert tensors)."""
+    total = sum(p.numel() for p in model.parameters())
+    adapter = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "lora" in n.lower() or "router" in n.lower() or "expert" in n.lower()
+    )
+    return {"total": total, "adapter": adapter}
+
+
+def routing_report(
+    task: Task,
+    evaluated: Task,
+    eval_cfg: DictConfig,
+    spec: BaseModelSpec,
+    model: Any,
+    tokenizer: Any,
+    expert_names: list[str] | None,
+    out_dir: Path,
+) -> dict[str, str]:
+    """Fraction of tokens routed to each expert per layer over (up to 100) eval items (the paper's Fig. 7)."""
+    examples = evaluated.eval_examples(limit=min(eval_cfg.limit or 100, 100), seed=eval_cfg.seed)
+    texts = routing_stats.eval_texts(task, examples, spec.prompt_format, tokenizer)
+    stats = routing_stats.collect_routing_stats(
+        model, tokenizer, texts, expert_names=expert_names, batch_size=eval_cfg.batch_size, progress=eval_cfg.progress
+    )
+    paths = routing_stats.write_routing_report(stats, out_dir / "routing", title=f"{task.name} routing")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def publish_run_dir(out_dir: Path, stages: StageLog, evaluation: Evaluation | None) -> None:
+    """Link every artifact the run used into ``out_dir/artifacts`` and copy the predictions beside metrics.json."""
+    for name, art in stages.artifacts.items():
+        link(art.path, out_dir / "artifacts" / name)
+    if evaluation is not None:
+        write_jsonl(out_dir / "predictions.jsonl", read_jsonl(evaluation.artifact.path / "predictions.jsonl"))
+
+
+def stage_cache_summary(stages: StageLog) -> dict[str, Any]:
+    """For ``metrics.json``: every stage's key, whether it was reused, its build time and path."""
+    return {
+        n: {"key": a.key, "reused": a.reused, "built_wall_s": a.wall_s, "path": str(a.path)}
+        for n, a in stages.artifacts.items()
+    }
+
+
+def log_metrics(loggers: list, metrics: dict[str, Any]) -> None:
+    """Send the run's scores, stage times and identity to every Lightning logger (a failing logger only warns)."""
+    flat = {}
+    for k, v in (metrics.get("eval") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[f"test/{metrics['task']}_{k}"] = v
+    for k, v in (metrics.get("stage_wall_s") or {}).items():
+        flat[f"time/{k}_s"] = v
+    for lg in loggers:
+        try:
+            lg.log_metrics(flat)
+            lg.log_hyperparams(
+                {k: metrics[k] for k in ("method", "task", "k_shot", "data_seed", "seed") if k in metrics}
+            )
+            if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+                import wandb  # optional: only with logger=wandb
+
+                lg.experiment.summary.update({"score": metrics.get("score"), "experts": metrics.get("experts")})
+                png = (metrics.get("routing") or {}).get("png")
+                if png and Path(png).exists():
+                    lg.experiment.log({"routing/heatmap": wandb.Image(png)})
+        except Exception as e:  # a logger must never lose a finished run
+            log.warning("logger %s failed: %s", type(lg).__name__, e)
+
+
+def summary_line(task: str, label: str, oracle: bool, evaluation: Evaluation, out_dir: Path) -> str:
+    """``arc_e ROCKET: acc = 55.3% (95% CI ..., n=150) -> <run dir>``."""
+    ev = evaluation.metrics
+    key = ev["primary_metric"]
+    lo, hi = ev[f"{key}_ci95"]
+    tag = " [ORACLE]" if oracle else ""
+    return (
+        f"{task} {label}{tag}: {key} = {100 * evaluation.score:.1f}% "
+        f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}, n={ev['n']}) -> {out_dir}"
+    )

@@ -1,0 +1,58 @@
+"""Stage ``train``: build the method's model (a LoRA, a merge, a trained LoRA-MoE...) into a cached artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from kexpert.bank.manifest import Bank
+from kexpert.methods.base import Method, MethodContext
+from kexpert.models.factory import BaseModelSpec
+from kexpert.pipeline.cache import StageCache
+from kexpert.pipeline.keys import bank_identity, node
+from kexpert.pipeline.stages.results import ExpertPick, KShot, SelectedData, TrainedModel
+from kexpert.utils.io import read_json
+
+
+def train_inputs(
+    method: Method,
+    task_cfg: DictConfig,
+    spec: BaseModelSpec,
+    kshot: KShot,
+    seed: int,
+    *,
+    optim_cfg: DictConfig | None,
+    trainer_cfg: DictConfig | None,
+    moe_cfg: DictConfig | None,
+    bank: Bank | None,
+    experts: ExpertPick | None,
+    data: SelectedData | None,
+) -> dict[str, Any]:
+    """Everything that determines the trained artifact (its cache key).
+
+    The K-shot draw and the training seed enter only the key of methods they can change, so the base model, the
+    Expert LoRA and Source Best are built and evaluated once per task, not once per draw.
+    """
+    inputs: dict[str, Any] = {"task": node(task_cfg), "method": method.describe(), "base_model": spec.identity}
+    if method.trains or method.needs_experts or method.needs_data:
+        inputs.update(kshot.inputs)
+    if method.uses_seed:
+        inputs["seed"] = int(seed)
+    if method.trains:
+        inputs.update(optim=node(optim_cfg), trainer=node(trainer_cfg))
+    if method.uses_bank and bank is not None:
+        inputs["bank"] = bank_identity(bank)
+    if method.needs_experts:
+        inputs["experts"] = experts.artifact.key if experts is not None else None
+    if method.needs_data:
+        inputs["data"] = data.artifact.key if data is not None and data.artifact is not None else None
+    if method.routes:
+        inputs["moe"] = node(moe_cfg)
+    return inputs
+
+
+def train_method(method: Method, ctx: MethodContext, inputs: dict[str, Any], cache: StageCache) -> TrainedModel:
+    """Build the method's model into the artifact of ``inputs`` (or reuse it); returns its ``method.json``."""
+    art = cache.run("train", inputs, lambda d: method.build(ctx, d))
+    return TrainedModel(read_json(art.path / "method.json"), art)
