@@ -24,6 +24,7 @@ import torch
 
 from kexpert.bank.manifest import Bank, read_manifest, write_manifest
 from kexpert.bank.validate import _module_shapes, entry_from_adapter, validate_entry
+from kexpert.models.factory import hub_reachable
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.logging import get_logger
 
@@ -126,8 +127,6 @@ class BankSpec:
 
     def _import_hub(self) -> Bank:
         from huggingface_hub import snapshot_download
-
-        from kexpert.models.factory import hub_reachable
 
         online = hub_reachable()
         entries = []

@@ -19,6 +19,7 @@ from kexpert.data.prompts import PromptFormat
 from kexpert.data.records import Example
 from kexpert.eval.generation import generate_greedy
 from kexpert.eval.metrics import proportion
+from kexpert.eval.sandbox import run_tests
 from kexpert.eval.scoring import score_continuations
 from kexpert.tasks.task import Task
 from kexpert.utils.errors import ConfigError
@@ -165,8 +166,6 @@ def _eval_generate(task, model, tokenizer, pf, examples, batch_size, max_length,
     )
     preds, flags = [], []
     if task.answer_kind == "code":
-        from kexpert.eval.sandbox import run_tests
-
         for ex, gen in zip(examples, gens):
             code = task.extract(gen, ex) or ""
             res = run_tests(code, list(ex.tests or ()), timeout_s=sandbox_timeout_s, setup=ex.test_setup)

@@ -14,14 +14,13 @@ from typing import Any
 import torch
 
 from kexpert.eval.evaluator import evaluate
+from kexpert.models.components.router import RouterOutput
+from kexpert.models.inject import moe_layers
 
 
 @contextlib.contextmanager
 def route_all_to(model: torch.nn.Module, expert: int) -> Iterator[None]:
     """Within the block every MoE layer sends every token to ``expert`` with gate weight 1."""
-    from kexpert.models.components.router import RouterOutput
-    from kexpert.models.inject import moe_layers
-
     layers = moe_layers(model)
     if not layers:
         raise ValueError("route_all_to needs a LoRA-MoE model")

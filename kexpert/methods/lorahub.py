@@ -20,8 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from kexpert.bank.merge import COMPOSITIONS, WeightPatcher, delta_weights, save_merged_adapter
+from kexpert.data.sft import instruction_prompt
+from kexpert.eval.scoring import score_continuations
 from kexpert.methods.base import Method, MethodContext, pick_random
 from kexpert.methods.baselines import SingleLoRAMethod
+from kexpert.models.adapter import read_peft_adapter
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.io import write_json
 from kexpert.utils.logging import get_logger
@@ -71,7 +75,6 @@ class LoRAHubMethod(Method):
             raise ConfigError(f"method.candidates: expected selected|random, got {candidates!r}")
         if l1_reduction not in ("mean", "sum"):
             raise ConfigError(f"method.l1_reduction: expected mean|sum, got {l1_reduction!r}")
-        from kexpert.bank.merge import COMPOSITIONS
 
         if composition not in COMPOSITIONS:
             raise ConfigError(f"method.composition: expected one of {list(COMPOSITIONS)}, got {composition!r}")
@@ -95,11 +98,6 @@ class LoRAHubMethod(Method):
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
         import nevergrad as ng
-
-        from kexpert.bank.merge import WeightPatcher, delta_weights, save_merged_adapter
-        from kexpert.data.sft import instruction_prompt
-        from kexpert.eval.scoring import score_continuations
-        from kexpert.models.adapter import read_peft_adapter
 
         bank = ctx.get_bank()
         if self.candidates == "selected":

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kexpert.methods.base import DataChoice, Method, MethodContext
+from kexpert.models.moe_checkpoint import load_expert
 from kexpert.training.train_moe import train_moe
 from kexpert.utils.io import write_json
 
@@ -85,6 +86,5 @@ class MoEMethod(Method):
         return info
 
     def load(self, ctx: MethodContext, out_dir: Path):  # noqa: D102
-        from kexpert.models.moe_checkpoint import load_expert
 
         return load_expert(out_dir / "train" / "moe")

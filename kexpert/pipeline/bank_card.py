@@ -22,8 +22,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from kexpert.bank.build import BankBuildSpec
+from kexpert.bank.spec import validate_bank
+from kexpert.eval.evaluator import evaluate
+from kexpert.models.factory import BaseModelSpec
+from kexpert.pipeline.stages.bank import instantiate_tasks
 from kexpert.utils.cli import configure_threads, friendly_errors
 from kexpert.utils.errors import ConfigError
+from kexpert.utils.instantiate import instantiate
 from kexpert.utils.io import atomic_write, read_json, sha1_of, write_json
 from kexpert.utils.logging import get_logger
 
@@ -51,8 +57,6 @@ def _cell_key(task, limit: int, seed: int, extra: dict[str, Any]) -> str:
 
 def evaluate_cell(task, pm, tok, prompt_format, examples, adapter: str, card_cfg) -> dict[str, Any]:
     """Metrics of one adapter (or ``__base__``) on one task slice."""
-    from kexpert.eval.evaluator import evaluate
-
     kwargs = dict(
         batch_size=int(card_cfg.batch_size), max_length=int(card_cfg.max_length), progress=bool(card_cfg.progress)
     )
@@ -67,12 +71,6 @@ def evaluate_cell(task, pm, tok, prompt_format, examples, adapter: str, card_cfg
 
 def run_card(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     """Evaluate the bank and write the card; returns the card's data."""
-    from kexpert.bank.build import BankBuildSpec
-    from kexpert.bank.spec import validate_bank
-    from kexpert.models.factory import BaseModelSpec
-    from kexpert.pipeline.stages.bank import instantiate_tasks
-    from kexpert.utils.instantiate import instantiate
-
     card_cfg = cfg.card
     spec: BaseModelSpec = instantiate(cfg.base_model, key="base_model")
     bank_spec = instantiate(cfg.bank, key="bank")

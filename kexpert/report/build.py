@@ -26,6 +26,7 @@ from kexpert.report.routing import routing_groups, routing_table
 from kexpert.report.runs import RunCollection, collect_runs
 from kexpert.report.tables import Table, results_grid, results_table, runs_table, table_name, write_table
 from kexpert.report.timing import timing_table
+from kexpert.report.wandb_log import log_report
 from kexpert.utils.errors import DataError
 from kexpert.utils.io import atomic_write
 from kexpert.utils.logging import get_logger
@@ -149,8 +150,6 @@ def build_report(
         _add_table(report, timing_table(timed))
     _add_table(report, runs_table(collection))
     if use_wandb:
-        from kexpert.report.wandb_log import log_report
-
         config = {
             "sweep_dir": str(root),
             "command": command,

@@ -7,6 +7,8 @@ import netrc
 import os
 from typing import Any
 
+from kexpert.utils.instantiate import instantiate
+
 log = logging.getLogger(__name__)
 
 
@@ -38,8 +40,6 @@ def wandb_logger(mode: str = "auto", **kwargs: Any):
 
 def build_loggers(cfg: Any) -> list:
     """Instantiate every logger in a ``logger`` config mapping (``None`` -> no loggers)."""
-    from kexpert.utils.instantiate import instantiate
-
     if not cfg:
         return []
     return [instantiate(sub, key=f"logger.{name}") for name, sub in cfg.items() if sub is not None]

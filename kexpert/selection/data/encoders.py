@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kexpert.models.factory import BaseModelSpec
 from kexpert.utils.errors import ConfigError
 from kexpert.utils.logging import get_logger
 
@@ -190,7 +191,6 @@ class HiddenStateEncoder(Encoder):
     def __init__(
         self, model: Any, layer: int = -1, max_length: int = 256, batch_size: int = 16, prefix: str = ""
     ) -> None:
-        from kexpert.models.factory import BaseModelSpec
 
         self.spec = model if isinstance(model, BaseModelSpec) else BaseModelSpec(**dict(model))
         self.layer = int(layer)

@@ -22,6 +22,7 @@ from typing import Any
 
 from kexpert.data.prompts import PromptFormat
 from kexpert.data.records import Example
+from kexpert.eval.generation import generate_greedy
 from kexpert.tasks.task import Task
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import iter_jsonl, read_jsonl, sha1_of, write_jsonl
@@ -128,7 +129,6 @@ def clean_generated(text: str, ex: Example) -> str:
 
 
 def _generate(cfg: RationaleConfig, task: Task, items: list[Example], model, tokenizer, pf: PromptFormat) -> list[str]:
-    from kexpert.eval.generation import generate_greedy
 
     prompts = []
     for ex in items:

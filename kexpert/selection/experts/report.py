@@ -14,6 +14,7 @@ import numpy as np
 from kexpert.selection.experts.base import ExpertSelection, SelectionContext
 from kexpert.selection.experts.rank_fusion import HIGHER_IS_BETTER, competition_rank
 from kexpert.selection.experts.signals import BASE
+from kexpert.utils.io import atomic_write
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -85,8 +86,6 @@ def scatter_png(report: dict[str, Any], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kexpert.utils.io import atomic_write
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for kind, style in (
