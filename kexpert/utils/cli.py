@@ -8,6 +8,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from kexpert.utils.errors import KExpertError
 from kexpert.utils.resolvers import register_resolvers
 
@@ -15,8 +18,22 @@ from kexpert.utils.resolvers import register_resolvers
 register_resolvers()
 
 
+def multirun_job() -> str | None:
+    """``job #3 (task=arc_c moe.top_k=2)`` inside a multirun job, else ``None``."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return f"job #{hc.job.num} ({' '.join(hc.overrides.task)})"
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print ``error: <message>`` and exit 2 on a :class:`KExpertError` (set ``KEXPERT_DEBUG=1`` for the trace)."""
+    """Print ``error: <message>`` and exit 2 on a :class:`KExpertError` (set ``KEXPERT_DEBUG=1`` for the trace).
+
+    In a multirun the message names the failing job and its overrides; any other exception (a defect, not bad
+    input) also names the job before it propagates with its traceback, so a sweep always says which cell failed.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,8 +42,14 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KExpertError as e:
             if os.environ.get("KEXPERT_DEBUG"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            job = multirun_job()
+            print(f"error: {job}: {e}" if job else f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:
+            job = multirun_job()
+            if job:
+                print(f"error: {job} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            raise
 
     return wrapper
 
