@@ -4,20 +4,17 @@ A :class:`BankBuildSpec` (``conf/bank/<name>.yaml``) lists the datasets (pool fi
 :mod:`kexpert.data.pools`, or a task's train split rendered through the task's own prompt and target: the
 paper's "Expert LoRA"), the LoRA shape and the training recipe. :meth:`BankBuildSpec.build` trains the
 entries that are missing from the bank's manifest, one after another on one loaded base model: each entry
-wraps it with a fresh peft LoRA (seeded by the entry name, so an entry trained alone equals the same entry
-trained inside a build), trains through :class:`~kexpert.training.lit_module.CausalLMLitModule` on
-:class:`~kexpert.training.datamodule.SFTDataModule` (the SFT path the MoE uses: prompt template, loss on
-response tokens only, length-grouped dynamic padding), is saved to a temp dir and renamed into place, and
+is trained by :func:`kexpert.training.lora.train_entry` (a fresh peft LoRA seeded by the entry name, so an entry
+trained alone equals the same entry trained inside a build; the one training path of
+:func:`kexpert.training.fit.fit`, the SFT path the MoE uses), is saved to a temp dir and renamed into place, and
 only then enters the manifest; the peft wrapper is unloaded before the next entry. An interrupted build
 therefore resumes with the missing entries. Before training, every item is checked against every task's
-eval split (:mod:`kexpert.bank.decontam`); an overlap left in a training set is an error.
+eval split (:mod:`kexpert.data.decontam`); an overlap left in a training set is an error.
 """
 
 from __future__ import annotations
 
-import functools
 import random
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -25,55 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from kexpert.bank.manifest import MANIFEST_NAME, Bank, BankEntry, read_manifest, write_manifest
+from kexpert.bank.spec import validate_bank
 from kexpert.bank.validate import entry_from_adapter
 from kexpert.data.decontam import EvalIndex, find_overlaps
+from kexpert.data.pools import load_pool_file
 from kexpert.data.records import Instruction
-from kexpert.models.adapter import save_adapter
+from kexpert.training.lora import LoRAShape, TrainRecipe, train_entry
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import exclusive_lock
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-@dataclass
-class LoRAShape:
-    """The LoRA every entry gets.
-
-    Attributes:
-        r: Rank.
-        alpha: lora_alpha.
-        dropout: lora_dropout.
-        target_modules: Adapted module names; ``None`` = the base model's ``lora_target_modules``.
-    """
-
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-
-
-@dataclass
-class TrainRecipe:
-    """How each entry is trained.
-
-    Attributes:
-        epochs: Passes over the entry's data.
-        batch_size: Micro-batch size.
-        accumulate_grad_batches: Gradient accumulation.
-        cutoff_len: Truncation length in tokens.
-        lr: Learning rate (overrides the optimizer config's).
-        group_by_length: Length-grouped batches (less padding).
-        max_steps: Cap on optimizer steps per entry (-1 = none).
-    """
-
-    epochs: int = 3
-    batch_size: int = 8
-    accumulate_grad_batches: int = 1
-    cutoff_len: int = 1024
-    lr: float = 5e-5
-    group_by_length: bool = True
-    max_steps: int = -1
 
 
 @dataclass
@@ -106,25 +65,6 @@ class DatasetSpec:
 def entry_seed(seed: int, name: str) -> int:
     """The training seed of an entry: depends on its name only, not on its position in the bank."""
     return int(seed) + zlib.crc32(name.encode()) % 100_000
-
-
-class _LossRecorder:
-    """Lightning callback collecting per-step training losses (built lazily so importing stays light)."""
-
-    def __new__(cls):  # noqa: D102
-        import lightning as L
-
-        class Recorder(L.Callback):
-            def __init__(self) -> None:
-                self.losses: list[float] = []
-                self.epoch_of: list[int] = []
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
-                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-                self.losses.append(float(loss.detach()))
-                self.epoch_of.append(trainer.current_epoch)
-
-        return Recorder()
 
 
 @dataclass
@@ -208,8 +148,6 @@ class BankBuildSpec:
         assert bank is not None
         bank = bank.subset([d.name for d in self.datasets])
         if base_spec is not None:
-            from kexpert.bank.spec import validate_bank
-
             validate_bank(bank, base_spec, allow_base_mismatch=self.allow_base_mismatch)
         return bank
 
@@ -228,8 +166,6 @@ class BankBuildSpec:
         self, ds: DatasetSpec, tasks: dict[str, Any], index: EvalIndex | None
     ) -> tuple[list[Instruction], dict]:
         """The (decontaminated, sampled) training items of one entry and their source description."""
-        from kexpert.data.pools import load_pool_file
-
         if ds.task is not None:
             if ds.task not in tasks:
                 raise ConfigError(
@@ -383,94 +319,3 @@ class BankBuildSpec:
             )
             write_manifest(bank)
         return bank
-
-
-def train_entry(
-    model,
-    tokenizer,
-    base_spec,
-    name: str,
-    items: list[Instruction],
-    lora: LoRAShape,
-    recipe: TrainRecipe,
-    optimizer,
-    scheduler,
-    trainer_cfg,
-    out_dir: Path,
-    seed: int = 0,
-) -> tuple[Path, dict[str, Any]]:
-    """Train one LoRA on ``items`` and save it atomically into ``out_dir``; ``model`` is left unwrapped.
-
-    Returns:
-        ``(adapter dir, stats)`` with ``train_loss`` (mean over the last epoch), ``first_loss``, ``steps``,
-        ``train_tokens``, ``tokens_per_s`` and ``wall_s``.
-    """
-    import lightning as L
-    from peft import LoraConfig, get_peft_model
-
-    from kexpert.training.datamodule import SFTDataModule
-    from kexpert.training.lit_module import CausalLMLitModule
-    from kexpert.utils.instantiate import instantiate
-
-    t0 = time.perf_counter()
-    L.seed_everything(seed, workers=True, verbose=False)
-    cfg = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules or base_spec.lora_target_modules),
-        task_type="CAUSAL_LM",
-    )
-    pm = get_peft_model(model, cfg)
-    try:
-        dm = SFTDataModule(
-            items,
-            tokenizer,
-            base_spec.prompt_format,
-            batch_size=recipe.batch_size,
-            cutoff_len=recipe.cutoff_len,
-            seed=seed,
-            group_by_length=recipe.group_by_length,
-        )
-        opt = functools.partial(optimizer, lr=recipe.lr)
-        lit = CausalLMLitModule(pm, optimizer=opt, scheduler=scheduler)
-        recorder = _LossRecorder()
-        work = out_dir.parent / f".{out_dir.name}.trainer"
-        trainer = instantiate(
-            trainer_cfg,
-            key="trainer",
-            max_epochs=recipe.epochs,
-            max_steps=recipe.max_steps,
-            accumulate_grad_batches=recipe.accumulate_grad_batches,
-            logger=False,
-            enable_checkpointing=False,
-            callbacks=[recorder],
-            default_root_dir=str(work),
-            **dm.trainer_overrides(trainer_cfg),
-        )
-        pm.train()  # from_pretrained leaves eval mode; LoRA dropout must be active from the first step
-        trainer.fit(lit, datamodule=dm)
-        shutil.rmtree(work, ignore_errors=True)
-        if not recorder.losses or not all(map(lambda x: x == x, recorder.losses)):
-            raise DataError(f"bank entry {name!r}: training produced no finite loss")
-        last_epoch = recorder.epoch_of[-1]
-        last = [v for v, e in zip(recorder.losses, recorder.epoch_of) if e == last_epoch]
-        pm.eval()
-        path = save_adapter(pm, out_dir, base_spec.identity)
-    finally:
-        model = pm.unload()
-        model.eval()
-    wall = time.perf_counter() - t0
-    tokens = dm.stats["tokens"] * recipe.epochs
-    stats = {
-        "train_loss": round(sum(last) / len(last), 4),
-        "first_loss": round(recorder.losses[0], 4),
-        "steps": len(recorder.losses),
-        "train_items": len(dm.train_ds),
-        "train_tokens": tokens,
-        "response_tokens": dm.stats["response_tokens"] * recipe.epochs,
-        "tokens_per_s": round(tokens / wall, 1),
-        "wall_s": round(wall, 1),
-        "seed": seed,
-    }
-    return path, stats

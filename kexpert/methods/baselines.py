@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from kexpert.bank.merge import save_merged_adapter
 from kexpert.methods.base import DataChoice, Method, MethodContext, pick_random
+from kexpert.models.adapter import read_peft_adapter
+from kexpert.training.lora import finetune_adapter
 from kexpert.utils.errors import ConfigError, InvalidGridPoint
 from kexpert.utils.io import read_json, write_json
 
@@ -111,14 +114,12 @@ class SingleLoRAMethod(Method):
             "oracle": self.oracle,
         }
         if self.trains:
-            from kexpert.training.finetune_adapter import finetune_adapter
-
             stats = finetune_adapter(
                 ctx.base_spec,
                 entry.path,
                 ctx.train_items(self.data),
-                ctx.cfg.optim,
-                ctx.cfg.trainer,
+                ctx.optim,
+                ctx.trainer,
                 out_dir / "adapter",
                 seed=ctx.seed,
                 batch_size=self.batch_size,
@@ -150,10 +151,8 @@ class MergeMethod(Method):
         super().__init__(name, "none", label)
 
     def build(self, ctx: MethodContext, out_dir: Path) -> dict[str, Any]:  # noqa: D102
-        from kexpert.bank.merge import save_merged_adapter
-        from kexpert.models.adapter import read_peft_adapter
 
-        names, _ = ctx.get_experts()
+        names = ctx.get_experts()
         bank = ctx.get_bank()
         adapters = [read_peft_adapter(bank[n].path) for n in names]
         weights = [1.0 / len(names)] * len(names)

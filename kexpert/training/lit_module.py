@@ -1,17 +1,54 @@
 """``CausalLMLitModule``: the Lightning module that trains whatever parameters of a causal LM are trainable.
 
-Bank LoRAs (a peft model) and the LoRA-MoE (kexpert layers) both train through it: the loss is the LM
-cross-entropy on response tokens (labels = -100 elsewhere), optimizers see only ``requires_grad``
-parameters, and the schedule is built from the trainer's real number of optimizer steps.
+Bank LoRAs, the single-LoRA baselines (peft models) and the LoRA-MoE (kexpert layers) all train through it: the loss
+is the LM cross-entropy on response tokens (labels = -100 elsewhere), optimizers see only ``requires_grad``
+parameters, and the schedule is built from the trainer's real number of optimizer steps
+(:func:`planned_optimizer_steps`). :func:`optim_factories` reads the optimizer and schedule partials of
+``conf/optim``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+
+from kexpert.utils.instantiate import instantiate
+
+
+def optim_factories(cfg_optim: Any) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """``(optimizer partial, scheduler partial or None)`` of a ``conf/optim`` node."""
+    optimizer = instantiate(cfg_optim["optimizer"], key="optim.optimizer")
+    scheduler = instantiate(cfg_optim["scheduler"], key="optim.scheduler") if cfg_optim.get("scheduler") else None
+    return optimizer, scheduler
+
+
+def planned_optimizer_steps(trainer: L.Trainer) -> int | float:
+    """The optimizer steps of the whole run: ``trainer.estimated_stepping_batches`` without touching the loader.
+
+    Lightning's property sets up the train loader when ``max_epochs`` drives the run; called from
+    ``configure_optimizers`` that happens before a checkpoint's loop state is loaded, the later setup returns early
+    and the loader's saved position is never restored (a mid-epoch resume would replay the epoch's first batches).
+    Here the batches per epoch come from the datamodule (``num_train_batches(world_size)``), with the same
+    arithmetic as Lightning (``limit_train_batches``, accumulation, ``max_epochs``, ``max_steps``). A datamodule
+    without ``num_train_batches`` falls back to Lightning's property.
+    """
+    if trainer.max_epochs == -1:
+        return float("inf") if trainer.max_steps == -1 else trainer.max_steps
+    count = getattr(trainer.datamodule, "num_train_batches", None)
+    if count is None:
+        return trainer.estimated_stepping_batches
+    batches = count(trainer.world_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 class CausalLMLitModule(L.LightningModule):
@@ -77,6 +114,6 @@ class CausalLMLitModule(L.LightningModule):
         opt = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return opt
-        steps = int(self.trainer.estimated_stepping_batches)
+        steps = int(planned_optimizer_steps(self.trainer))
         sched = self.scheduler_factory(optimizer=opt, num_training_steps=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

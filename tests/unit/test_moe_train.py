@@ -177,6 +177,24 @@ def test_resume_after_kill_matches_uninterrupted_run(cfg, bank2, tmp_path, accum
         torch.testing.assert_close(sd[key], ref_sd[key], rtol=1e-6, atol=1e-7, msg=key)
 
 
+@pytest.mark.parametrize(("accumulate", "kill_at"), [(1, 2), (1, 7), (2, 4)])
+def test_mid_epoch_resume_with_max_epochs_matches_uninterrupted_run(cfg, bank2, tmp_path, accumulate, kill_at):
+    """``max_epochs`` drives the run: the cosine schedule's length must not set up the loader before the resume."""
+    cfg.trainer.max_steps = -1
+    cfg.trainer.max_epochs = 2
+    cfg.trainer.accumulate_grad_batches = accumulate  # 5 batches per epoch: every kill step is mid-epoch
+    ref_model, ref_metrics = run(cfg, bank2, tmp_path / "straight")
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match=f"killed at step {kill_at}"):
+        run(cfg, bank2, out, callbacks=[KillAtStep(kill_at)])
+    model, metrics = run(cfg, bank2, out)
+    assert metrics["resumed_from"].endswith("last.ckpt")
+    assert metrics["global_step"] == ref_metrics["global_step"] == (10 if accumulate == 1 else 6)
+    ref_sd, sd = moe_state_dict(ref_model), moe_state_dict(model)
+    for key in ref_sd:
+        assert torch.equal(sd[key], ref_sd[key]), key
+
+
 CHILD = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
