@@ -161,7 +161,7 @@ def fit(
 
     Raises:
         ConfigError: checkpointing or resuming with a non-resumable data module.
-        DataError: ``require_finite_loss`` and every recorded loss is NaN (or none was recorded).
+        DataError: ``require_finite_loss`` and a recorded loss is NaN (or none was recorded).
     """
     work_dir = Path(work_dir)
     ckpt_dir = work_dir / "checkpoints"
