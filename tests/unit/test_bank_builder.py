@@ -166,9 +166,9 @@ def test_dataset_spec_errors(tmp_path):
 
 
 def test_task_entry_renders_train_split_through_the_task(compose_cfg):
-    from kexpert.pipeline.build_bank import load_tasks
+    from kexpert.pipeline.stages.bank import instantiate_tasks
 
-    tasks = load_tasks(compose_cfg("bank", ["bank=fixture_2", "base_model=tiny"]))
+    tasks = instantiate_tasks(compose_cfg("bank", ["bank=fixture_2", "base_model=tiny"]).tasks, "tasks")
     spec = BankBuildSpec(name="t", root="/nonexistent", datasets=[{"name": "arc_e_train", "task": "arc_e"}])
     others = EvalIndex(13, 6)  # the fixture's ARC splits share one question template; index gsm8k only
     others.add_examples(tasks["gsm8k"].eval_examples())
