@@ -1,4 +1,4 @@
-"""Scale benchmark of Sim-Div selection + dedup (METHOD.md §5) on synthetic unit vectors.
+"""Scale benchmark of Sim-Div selection + dedup (docs/method.md §5) on synthetic unit vectors.
 
 For each pool size (10K, 100K, 1M; dim 384 like MiniLM) it times, in a fresh subprocess so peak RSS is per
 size: K-shot scoring (max over K=50), top-C (C=10K) and SemDeDup at tau=0.9 through a FAISS range search.

@@ -43,7 +43,7 @@ PROMPT = "Question: Which of these is a renewable source of energy?\nA. coal\nB.
 
 
 class OfficialLoopMoELinear(nn.Module):
-    """The official MMOELoraLinear forward pattern (METHOD.md §4 [C]), re-written for timing only."""
+    """The official MMOELoraLinear forward pattern (docs/method.md §4 [C]), re-written for timing only."""
 
     def __init__(self, moe_layer, lora_dropout: float = 0.05) -> None:
         super().__init__()

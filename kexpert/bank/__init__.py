@@ -1,4 +1,4 @@
-"""LoRA bank: adapters on disk, manifests, import, build and bank cards (METHOD.md section 2).
+"""LoRA bank: adapters on disk, manifests, import, build and bank cards (docs/method.md §2).
 
 * :mod:`kexpert.bank.merge`: merging and composing bank LoRAs (uniform merge, LoRAHub).
 * :mod:`kexpert.bank.manifest`: :class:`Bank` / :class:`BankEntry` and the ``manifest.json`` schema.

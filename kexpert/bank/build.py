@@ -1,4 +1,4 @@
-"""Building a LoRA bank: one LoRA per open dataset, trained with Lightning (METHOD.md sections 2.3-2.4).
+"""Building a LoRA bank: one LoRA per open dataset, trained with Lightning (docs/method.md §2.3-2.4).
 
 A :class:`BankBuildSpec` (``conf/bank/<name>.yaml``) lists the datasets (pool files read through
 :mod:`kexpert.data.pools`, or a task's train split rendered through the task's own prompt and target: the

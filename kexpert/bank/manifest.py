@@ -1,4 +1,4 @@
-"""The bank manifest: which LoRA adapters a bank holds and where they came from (METHOD.md section 2).
+"""The bank manifest: which LoRA adapters a bank holds and where they came from (docs/method.md §2).
 
 A bank is a directory with a ``manifest.json``; every entry points at one PEFT adapter dir
 (``adapter_config.json`` + ``adapter_model.safetensors``). Schema (version 1)::

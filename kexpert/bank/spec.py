@@ -1,4 +1,4 @@
-"""Bank specs for existing adapters: a manifest, a directory of PEFT adapters, or hub ids (METHOD.md section 2).
+"""Bank specs for existing adapters: a manifest, a directory of PEFT adapters, or hub ids (docs/method.md §2).
 
 ``conf/bank/<name>.yaml`` instantiates a spec with ``.load(base_spec=None) -> Bank``:
 

@@ -1,4 +1,4 @@
-"""Random PEFT LoRA banks for tests (METHOD.md section 2: a bank is one LoRA per dataset on one base model).
+"""Random PEFT LoRA banks for tests (docs/method.md §2: a bank is one LoRA per dataset on one base model).
 
 :func:`make_random_bank` writes real ``save_pretrained`` output of peft ``LoraConfig(init_lora_weights=False)``
 adapters (both factors random, so every adapter changes the model's outputs), one seed per entry, plus a

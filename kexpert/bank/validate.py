@@ -1,4 +1,4 @@
-"""Describing and validating bank entries against a base model (METHOD.md section 2: all bank LoRAs share one base).
+"""Describing and validating bank entries against a base model (docs/method.md §2: all bank LoRAs share one base).
 
 :func:`entry_from_adapter` turns a PEFT adapter dir into a :class:`~kexpert.bank.manifest.BankEntry` (rank,
 alpha, targets and hash read from the files). :func:`validate_entry` checks it against a base model: every

@@ -1,6 +1,6 @@
 """Eval-set decontamination core: the word normalisation every overlap test shares, and the eval-question index.
 
-Bank training data (METHOD.md section 2: bank LoRAs must not see eval items) is checked with
+Bank training data (docs/method.md §2: bank LoRAs must not see eval items) is checked with
 :class:`EvalIndex` / :func:`find_overlaps`; the data-selection pool filter
 (:mod:`kexpert.selection.data.decontamination`) tokenises with the same :func:`normalize_words`, so both
 agree on what a word is (lower case, ASCII letters and digits).

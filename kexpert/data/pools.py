@@ -1,6 +1,6 @@
 """Open instruction pools: the files of ``shared/data/pool`` (and hub datasets) read as :class:`Instruction`.
 
-The paper retrieves the MoE's extra training data from an open pool (METHOD.md §5). Each source schema has a
+The paper retrieves the MoE's extra training data from an open pool (docs/method.md §5). Each source schema has a
 pool-row normalizer in :mod:`kexpert.data.formats.pools`, registered by name in
 :data:`kexpert.data.formats.FORMATS`; :func:`load_pool_file` picks one from the file name (or the first
 row's keys) and :func:`load_pool` reads a config listing several files, directories or hub datasets.

@@ -1,6 +1,6 @@
 """Each expert of a trained LoRA-MoE on its own: route every token to one expert (weight 1) and evaluate.
 
-This is the paper's Table 5 / Fig. 11 analysis (METHOD.md §8.6): eval items are split by how the MoE's experts
+This is the paper's Table 5 / Fig. 11 analysis (docs/method.md §8.6): eval items are split by how the MoE's experts
 do alone (All correct / All incorrect / Mixed), and on Mixed items each expert's error rate is compared with
 the routed MoE's.
 """

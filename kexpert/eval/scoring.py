@@ -3,7 +3,7 @@
 Multiple-choice accuracy, vanilla and reasoning perplexity and bank cards all go through it.
 
 Context and continuation are tokenized separately; the continuation gets **no special tokens**, so no stray
-BOS is scored inside a response (the official ``compute_ppl.py`` bug, METHOD.md §10.2). Sequences are
+BOS is scored inside a response (the official ``compute_ppl.py`` bug, docs/method.md §10.2). Sequences are
 left-padded with explicit position ids, and the LM head runs only on the last positions that predict
 continuation tokens (``logits_to_keep``), which saves the 49k-vocab projection over the prompt.
 """
@@ -39,7 +39,7 @@ class ContinuationScore:
 
     @property
     def perplexity(self) -> float:
-        """``exp(mean NLL)`` over the continuation tokens (METHOD.md Eq. 1)."""
+        """``exp(mean NLL)`` over the continuation tokens (docs/method.md Eq. 1)."""
         return math.exp(self.mean_nll)
 
 

@@ -1,1 +1,1 @@
-"""Methods compared in the paper's Table 1 (METHOD.md §9), each a real implementation (config group ``method``)."""
+"""Methods compared in the paper's Table 1 (docs/method.md §9), each a real implementation (config ``method``)."""

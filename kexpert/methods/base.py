@@ -60,7 +60,7 @@ class MethodContext:
     logger: Logger | None = None
 
     def train_items(self, data: DataChoice) -> list[Instruction]:
-        """D_K, or D_K followed by D_A, as the paper trains on (METHOD.md §6)."""
+        """D_K, or D_K followed by D_A, as the paper trains on (docs/method.md §6)."""
         if data == "none":
             return []
         if data == "kshot":

@@ -1,4 +1,4 @@
-"""Baselines of the paper's Table 1 (METHOD.md §9): Base, Random(†), Expert LoRA, Source Best (SFT), uniform merge."""
+"""Table 1 baselines (docs/method.md §9): Base, Random(†), Expert LoRA, Source Best (SFT), uniform merge."""
 
 from __future__ import annotations
 

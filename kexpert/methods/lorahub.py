@@ -1,4 +1,4 @@
-"""LoRAHub (Huang et al., COLM 2024; METHOD.md §9): gradient-free search of linear composition weights.
+"""LoRAHub (Huang et al., COLM 2024; docs/method.md §9): gradient-free search of linear composition weights.
 
 As LoRAHub composes its modules, the candidates' A and B matrices are combined entry by entry with the weights w,
 giving the update ``(sum_i w_i s_i B_i)(sum_i w_i A_i)`` (``composition=elementwise``; ``sum`` composes the updates

@@ -1,4 +1,4 @@
-"""LoRA-MoE methods: ROCKET (selected bank LoRAs as experts) and MixLoRA (random experts), METHOD.md §4, §6, §9."""
+"""LoRA-MoE methods: ROCKET (selected bank LoRAs as experts), MixLoRA (random experts); docs/method.md §4, §6, §9."""
 
 from __future__ import annotations
 

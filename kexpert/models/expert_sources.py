@@ -3,7 +3,7 @@
 For every adapted module path ``P`` of the model an expert's adapter must hold exactly
 ``base_model.model.P.lora_A.weight`` and ``...lora_B.weight`` (:func:`expert_key_map`); a missing or unexpected
 key is an error naming the bank entry and the key. The official loader's ``strict=False`` silently left a
-mistyped expert at zero (METHOD.md §10.7).
+mistyped expert at zero (docs/method.md §10.7).
 """
 
 from __future__ import annotations

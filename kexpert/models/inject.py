@@ -1,11 +1,11 @@
-"""Turn any HF causal LM into a LoRA-MoE: replace target linears by :class:`LoRAMoELinear` (METHOD.md §4).
+"""Turn any HF causal LM into a LoRA-MoE: replace target linears by :class:`LoRAMoELinear` (docs/method.md §4).
 
 Experts come from bank entries (PEFT LoRA adapter dirs, ``moe.expert_init=bank``) or are random
 (``expert_init=random``: the MixLoRA baseline, ``A ~ N(0, 0.01)``, ``B = 0`` as in the official code). Bank
 loading is strict and goes through an explicit key map (:func:`expert_key_map`): for every adapted module path
 ``P`` of the model the adapter must hold exactly ``base_model.model.P.lora_A.weight`` and ``...lora_B.weight``; a
 missing or unexpected key is an error naming the bank entry and the key. The official loader's
-``strict=False`` silently left a mistyped expert at zero (METHOD.md §10.7).
+``strict=False`` silently left a mistyped expert at zero (docs/method.md §10.7).
 """
 
 from __future__ import annotations

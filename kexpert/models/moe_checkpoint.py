@@ -1,4 +1,4 @@
-"""Saving, loading and exporting a trained LoRA-MoE (METHOD.md §4; the official code has no merge or serving path).
+"""Saving, loading and exporting a trained LoRA-MoE (docs/method.md §4; the official code cannot merge or serve one).
 
 A checkpoint is a directory with ``moe_model.safetensors`` (routers and experts only) and ``moe_config.json``
 naming the base model (identity plus the full :class:`BaseModelSpec` to reload it), the expert sources (bank entry,

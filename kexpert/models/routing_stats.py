@@ -1,4 +1,4 @@
-"""Expert activation analysis: the fraction of tokens routed to each expert in each layer (METHOD.md §7, Fig. 7).
+"""Expert activation analysis: the fraction of tokens routed to each expert in each layer (docs/method.md §7, Fig. 7).
 
 For every real (non-padding) token of an evaluation set and every MoE layer, each expert in the token's top-k
 counts 1 and the others 0; the table reports that fraction per (layer, expert), so a row sums to k. The mean

@@ -1,4 +1,4 @@
-"""The bank card: every bank entry and the base model on an eval slice of every task (METHOD.md section 2.2).
+"""The bank card: every bank entry and the base model on an eval slice of every task (docs/method.md §2.2).
 
 Like the paper's Tables 9/10.
 

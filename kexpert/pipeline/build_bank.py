@@ -1,4 +1,4 @@
-"""``python bank.py``: build the missing entries of a bank, or import and validate one (METHOD.md section 2)."""
+"""``python bank.py``: build the missing entries of a bank, or import and validate one (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Signal study (the paper's Fig. 8 claim, METHOD.md sections 3.2 and 8.2): do K-shot signals predict eval accuracy?
+"""Signal study (the paper's Fig. 8 claim, docs/method.md §3.2 and §8.2): do K-shot signals predict eval accuracy?
 
 For one task, every bank LoRA gets its K-shot signals (accuracy, vanilla perplexity, reasoning perplexity) and its
 accuracy on the task's eval split; the Spearman correlation (``scipy.stats.spearmanr``) of each signal with eval

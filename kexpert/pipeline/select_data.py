@@ -1,4 +1,4 @@
-"""``python select_data.py``: K-shot-guided Sim-Div data selection for one task (METHOD.md §5, Algorithm 2).
+"""``python select_data.py``: K-shot-guided Sim-Div data selection for one task (docs/method.md §5, Algorithm 2).
 
 Composes the stages: draw the K-shot (``k_shot``, ``data_seed``), then select from the open pool into
 ``paths.output_dir`` (``selected.jsonl`` = K-shot + selected, ``stats.json``, ``similarity_hist.png``, audit files).

@@ -1,4 +1,4 @@
-"""``python select_experts.py``: K-shot expert selection for one task (Algorithm 1, METHOD.md section 3).
+"""``python select_experts.py``: K-shot expert selection for one task (Algorithm 1, docs/method.md §3).
 
 Composes the stages: draw the K-shot, load the bank (validated against the base model), run the configured
 strategy; writes ``experts.json``, ``rationales.jsonl`` (when reasoning perplexity was used) and

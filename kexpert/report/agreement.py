@@ -1,4 +1,4 @@
-"""Expert agreement analysis: the paper's Table 5 and Fig. 11 (METHOD.md §8.6).
+"""Expert agreement analysis: the paper's Table 5 and Fig. 11 (docs/method.md §8.6).
 
 Each eval item of a run with ``per_expert`` data is put in one bucket by how the MoE's N experts, each evaluated
 alone, answer it: **All Correct** (every expert right), **All Incorrect** (every expert wrong) or **Mixed** (at

@@ -1,4 +1,4 @@
-"""Build the results report of a multirun (METHOD.md §8): tables in the paper's layouts, plots, and an index.
+"""Build the results report of a multirun (docs/method.md §8): tables in the paper's layouts, plots, and an index.
 
 ``build_report(sweep_dir)`` writes, under ``<sweep_dir>/report`` by default::
 

@@ -1,4 +1,4 @@
-"""Which experimental factors a sweep varies, and the paper's orders for rows and columns (METHOD.md §8).
+"""Which experimental factors a sweep varies, and the paper's orders for rows and columns (docs/method.md §8).
 
 The paper's tables each vary one factor: the method (Table 1), the expert-selection strategy (Table 2), the
 data-selection strategy (Table 3), K (Table 4), N (Table 6), k (Table 7) and the data budget C (Fig. 9); the

@@ -1,4 +1,4 @@
-"""Expert activation across runs: the paper's Fig. 7 heatmap averaged over draws (METHOD.md §7).
+"""Expert activation across runs: the paper's Fig. 7 heatmap averaged over draws (docs/method.md §7).
 
 Every MoE run writes ``routing/routing.json`` (:mod:`kexpert.models.routing_stats`): per layer, the fraction of
 eval tokens whose top-k includes each expert. Runs of one (row, task) are averaged element-wise (an unweighted

@@ -1,4 +1,4 @@
-"""Result tables in the layout of the paper's Tables 1-4, 6 and 7 (METHOD.md §8), plus a long CSV of every run.
+"""Result tables in the layout of the paper's Tables 1-4, 6 and 7 (docs/method.md §8), plus a long CSV of every run.
 
 Rows are the factors a sweep varies (:mod:`kexpert.report.factors`); columns are the tasks in the paper's order
 and ``Avg``. A cell is the mean ± sample standard deviation (ddof 1) of the task's primary metric, in %, over the

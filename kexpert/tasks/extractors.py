@@ -1,7 +1,7 @@
 """Answer extraction: turn a free-form generation into an answer that can be compared with the gold.
 
 Each function is pure and table-tested (``tests/unit/test_extractors.py``). The multiple-choice rules
-follow OpenCompass' ``first_option_postprocess``, which the paper's numbers come from (METHOD.md §3.1).
+follow OpenCompass' ``first_option_postprocess``, which the paper's numbers come from (docs/method.md §3.1).
 """
 
 from __future__ import annotations

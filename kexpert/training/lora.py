@@ -1,10 +1,10 @@
 """Train one PEFT LoRA, fresh or continued, through :func:`kexpert.training.fit.fit`.
 
 * :func:`train_entry`: a fresh LoRA (:class:`LoRAShape`) on a loaded base model, trained with a
-  :class:`TrainRecipe`; the bank (:mod:`kexpert.bank.build`, METHOD.md sections 2.3-2.4) trains each entry with it.
+  :class:`TrainRecipe`; the bank (:mod:`kexpert.bank.build`, docs/method.md §2.3-2.4) trains each entry with it.
   The model is left unwrapped afterwards, so one loaded base serves a whole bank build.
 * :func:`finetune_adapter`: an existing adapter loaded trainable and fine-tuned (the Random / Source-Best-SFT
-  baselines, METHOD.md §9).
+  baselines, docs/method.md §9).
 
 Both train :class:`~kexpert.training.lit_module.CausalLMLitModule` on
 :class:`~kexpert.training.datamodule.SFTDataModule` (prompt template, loss on response tokens only, length-grouped

@@ -1,6 +1,6 @@
 """``MoELitModule``: LoRA-MoE fine-tuning on top of :class:`~kexpert.training.lit_module.CausalLMLitModule`.
 
-METHOD.md §6: experts and routers train together (or the routers only, ``moe.train_experts=false``) with the LM
+docs/method.md §6: experts and routers train together (or the routers only, ``moe.train_experts=false``) with the LM
 cross-entropy on response tokens. The optional load-balancing and z-losses (coefficient 0 by default, as in the
 paper) enter through the parent's ``aux_loss_fn``, computed over real tokens only (the batch's attention mask).
 Every step logs ``router/entropy`` and the mean expert load ``router/load_e{i}``; every

@@ -1,4 +1,4 @@
-"""LoRA-MoE fine-tuning (METHOD.md §6): base model + selected experts -> a trained, saved MoE.
+"""LoRA-MoE fine-tuning (docs/method.md §6): base model + selected experts -> a trained, saved MoE.
 
 :func:`train_moe` builds the MoE (``conf/moe``, :func:`build_moe_at_init`: seeded, loaded, experts injected, routers
 initialised) and trains it as :class:`~kexpert.training.moe_module.MoELitModule` through

@@ -1,4 +1,4 @@
-"""Group diversity: similarity measures and the group search (METHOD.md 3.3)."""
+"""Group diversity: similarity measures and the group search (docs/method.md §3.3)."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""Strategies of the expert_selection group on a fake context with hand-made signals (METHOD.md 3.4, 9)."""
+"""Strategies of the expert_selection group on a fake context with hand-made signals (docs/method.md §3.4, §9)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Algorithm 1 rank fusion, checked by hand on small tables (METHOD.md 3.4)."""
+"""Algorithm 1 rank fusion, checked by hand on small tables (docs/method.md §3.4)."""
 
 import numpy as np
 import pytest

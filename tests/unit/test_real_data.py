@@ -1,6 +1,6 @@
 """Loaders against the real files in shared/data (skipped with a message when absent).
 
-The expected sizes are the paper's evaluation denominators (METHOD.md §7).
+The expected sizes are the paper's evaluation denominators (docs/method.md §7).
 """
 
 import pytest

@@ -1,6 +1,6 @@
 r"""Pool-row normalizers: one function per open-data schema, each mapping a raw row to a list of :class:`Instruction`.
 
-The paper converts every open dataset to ``{instruction, input, output}`` (METHOD.md §2.3). The source
+The paper converts every open dataset to ``{instruction, input, output}`` (docs/method.md §2.3). The source
 schemas of ``shared/data/pool`` differ per file, so each gets a normalizer here; the registry that names them
 (the ``fmt`` of ``conf/pool/*.yaml``) is :data:`kexpert.data.formats.FORMATS` and the loader is
 :mod:`kexpert.data.pools`.

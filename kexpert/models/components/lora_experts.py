@@ -1,8 +1,8 @@
-"""N LoRA experts of one linear layer, stored as stacked tensors (METHOD.md §4).
+"""N LoRA experts of one linear layer, stored as stacked tensors (docs/method.md §4).
 
 Expert i computes ``s_i * B_i A_i x`` with ``A_i: (r_i, d_in)``, ``B_i: (d_out, r_i)`` and its own scaling
 ``s_i = alpha_i / r_i`` (or ``alpha_i / sqrt(r_i)`` for rsLoRA), which the official MoE forward forgets
-(METHOD.md §10.7c). All experts live in two parameters, ``lora_A: (N, r_max, d_in)`` and
+(docs/method.md §10.7c). All experts live in two parameters, ``lora_A: (N, r_max, d_in)`` and
 ``lora_B: (N, d_out, r_max)``, so the whole mixture is one or two batched matmuls. Experts of different ranks are
 zero-padded to ``r_max``; a fixed rank mask zeroes A's padding rows in every forward, so the padding gets no
 gradient and an expert's rank never grows. Any rank works with any N (the official

@@ -1,4 +1,4 @@
-"""``LoRAMoELinear``: a frozen linear layer plus a token-routed top-k mixture of LoRA experts (METHOD.md §4, Eq. 8).
+"""``LoRAMoELinear``: a frozen linear plus a token-routed top-k mixture of LoRA experts (docs/method.md §4, Eq. 8).
 
 ``y = W x + sum_{i in top-k(x)} G_i(x) * s_i * B_i A_i dropout(x)``
 

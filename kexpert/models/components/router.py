@@ -1,9 +1,9 @@
-"""Token-wise top-k router of the LoRA-MoE (METHOD.md §4, Eq. 9) and its optional auxiliary losses.
+"""Token-wise top-k router of the LoRA-MoE (docs/method.md §4, Eq. 9) and its optional auxiliary losses.
 
 ``G(x) = softmax(top-k(x W_g / T))``: a bias-free ``Linear(d_in, N)`` per adapted layer, applied to that layer's
 input token by token; the k largest logits are kept and the rest set to -inf before the softmax. That equals the
 official code's softmax over all N followed by renormalising the top-k weights, but the official code hard-codes
-k = 2 (METHOD.md §10.7a); here ``top_k`` is validated against N at construction. The temperature T (default 1, the
+k = 2 (docs/method.md §10.7a); here ``top_k`` is validated against N at construction. The temperature T (default 1, the
 paper) sharpens or flattens the mixture without changing which experts are selected.
 
 The paper trains with plain cross-entropy (no auxiliary loss). The Switch-Transformer load-balancing loss and the

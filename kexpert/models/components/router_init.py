@@ -1,4 +1,4 @@
-"""How the routers of a freshly built LoRA-MoE start (METHOD.md §4, "Initialisation").
+"""How the routers of a freshly built LoRA-MoE start (docs/method.md §4, "Initialisation").
 
 * :class:`DefaultRouterInit`: the paper and the official code, ``nn.Linear``'s default Kaiming-uniform draw.
 * :class:`KShotStatsRouterInit` (kexpert's own): start each router from K-shot hidden-state statistics of its

@@ -1,4 +1,4 @@
-"""Stage ``data``: K-shot-guided Sim-Div data selection (Algorithm 2, METHOD.md §5).
+"""Stage ``data``: K-shot-guided Sim-Div data selection (Algorithm 2, docs/method.md §5).
 
 Steps: load the open pool (config group ``pool``); embed K-shot, pool and eval split through the on-disk cache
 (``encoder``); drop pool items overlapping the eval split (``decontamination``); select (``data_selection``);

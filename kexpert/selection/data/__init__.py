@@ -1,4 +1,4 @@
-"""Sim-Div data selection (METHOD.md §5, Algorithm 2).
+"""Sim-Div data selection (docs/method.md §5, Algorithm 2).
 
 Encoders, embedding cache, FAISS helpers, K-shot scoring, SemDeDup-style dedup, decontamination and the
 selectors of config group ``data_selection``.

@@ -1,4 +1,4 @@
-"""Decontamination: drop pool items that overlap the task's eval split, before selection (METHOD.md §5).
+"""Decontamination: drop pool items that overlap the task's eval split, before selection (docs/method.md §5).
 
 The paper's stated principle is "no data leakage ... with respect to the testing sets"; pools such as T0/P3
 or CommonsenseQA can contain evaluation questions verbatim or reworded. Two tests, either one drops an item:

@@ -1,4 +1,4 @@
-"""SemDeDup-style semantic deduplication of the candidates (METHOD.md §5, Alg. 2, "insistence on diversity").
+"""SemDeDup-style semantic deduplication of the candidates (docs/method.md §5, Alg. 2, "insistence on diversity").
 
 For every candidate pair with cosine ``> tau``, the paper removes the member that is *less similar to the
 K-shot*. Pairs come from a FAISS range search (:func:`~kexpert.selection.data.faiss_index.neighbours_above`),
@@ -10,7 +10,7 @@ never from a dense ``C x C`` matrix. Two readings of the rule are offered:
   superset of ``pairwise``: chains a~b~c with a!~c keep a and c).
 
 Ranking is by K-shot score, ties broken by candidate order, so results are deterministic. This fixes the
-official script (METHOD.md §10.6b), whose dedup order is arbitrary with respect to similarity.
+official script (docs/method.md §10.6b), whose dedup order is arbitrary with respect to similarity.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""On-disk embedding cache for Sim-Div data selection (METHOD.md §5), keyed by encoder identity and text hash.
+"""On-disk embedding cache for Sim-Div data selection (docs/method.md §5), keyed by encoder identity and text hash.
 
 Layout: ``<cache_dir>/<encoder slug>/`` holds ``encoder.json`` (the full identity) and shards, each a pair
 ``<shard>.emb.npy`` (float32 vectors) + ``<shard>.keys.npy`` (16-byte text hashes, hex). A shard is written

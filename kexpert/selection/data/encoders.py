@@ -1,4 +1,4 @@
-"""Text encoders for Sim-Div data selection (METHOD.md §5: the paper embeds with BGE-M3).
+"""Text encoders for Sim-Div data selection (docs/method.md §5: the paper embeds with BGE-M3).
 
 Every encoder maps a batch of texts to L2-normalised float32 vectors, so cosine similarity is a dot product.
 Encoders load their model lazily on the first :meth:`Encoder.encode` call: a run whose embeddings are all in

@@ -1,4 +1,4 @@
-"""FAISS index helpers for Sim-Div dedup and decontamination (METHOD.md §5).
+"""FAISS index helpers for Sim-Div dedup and decontamination (docs/method.md §5).
 
 Near-duplicate search is a *range* search on inner product (= cosine for unit vectors): every pair above a
 threshold, found without ever materialising a dense ``n x n`` similarity matrix. The index is flat (exact) by

@@ -1,4 +1,4 @@
-"""Outputs of a data-selection run (METHOD.md §5 and §10.6e): the training file and what it is made of.
+"""Outputs of a data-selection run (docs/method.md §5 and §10.6e): the training file and what it is made of.
 
 - ``selected.jsonl``: the K-shot *plus* the selected pool items (the official script leaves the K-shot out),
   as :class:`~kexpert.data.records.Instruction` rows; ``meta.selection`` holds each item's rank, K-shot

@@ -1,7 +1,7 @@
-"""Similarity of pool items to the K-shot (METHOD.md §5, Eq. 13).
+"""Similarity of pool items to the K-shot (docs/method.md §5, Eq. 13).
 
 - ``max`` (the paper): ``score_j = max_i cos(u_i^K, u_j^S)``, the similarity to the closest K-shot item.
-- ``centroid`` (the official code, METHOD.md §10.6a): similarity to the mean K-shot embedding. The official
+- ``centroid`` (the official code, docs/method.md §10.6a): similarity to the mean K-shot embedding. The official
   script ranks by Euclidean distance to the un-normalised mean; for unit pool vectors that ranking equals the
   ranking by dot product with the mean, so we report the cosine to the normalised mean (same order).
 

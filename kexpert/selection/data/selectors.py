@@ -1,4 +1,4 @@
-"""Data selectors: which pool items join the K-shot for MoE fine-tuning (METHOD.md §5, Alg. 2; §8.3, Table 3).
+"""Data selectors: which pool items join the K-shot for MoE fine-tuning (docs/method.md §5, Alg. 2; §8.3, Table 3).
 
 Each selector picks ``budget`` (the paper's C) candidates from the (decontaminated) pool, then optionally
 removes semantic near-duplicates with :class:`~kexpert.selection.data.dedup.SemDeDup` (the paper's

@@ -1,4 +1,4 @@
-r"""What text of an item is embedded for Sim-Div selection (METHOD.md §5).
+r"""What text of an item is embedded for Sim-Div selection (docs/method.md §5).
 
 The paper embeds instruction and output together, ``u_i = h([x_i, y_i])``; the official script uses
 ``"instruction:<x>\ninput:<in>\noutput:<y>"``. The template is a config key (``embedding.text_template``);

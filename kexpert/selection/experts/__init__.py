@@ -1,4 +1,4 @@
-"""K-shot expert selection (Algorithm 1, METHOD.md section 3): signals, diversity, rank fusion, strategies."""
+"""K-shot expert selection (Algorithm 1, docs/method.md §3): signals, diversity, rank fusion, strategies."""
 
 from kexpert.selection.experts.base import ExpertSelection, ExpertSelector, SelectionContext
 from kexpert.selection.experts.diversity import DiversityConfig

@@ -1,4 +1,4 @@
-"""The expert-selection interface (METHOD.md section 3): a selector picks N bank LoRAs for a task.
+"""The expert-selection interface (docs/method.md §3): a selector picks N bank LoRAs for a task.
 
 Every strategy of the ``expert_selection`` config group is a class with ``select(ctx) -> ExpertSelection``.
 The :class:`SelectionContext` gives it the task, the K-shot, the bank, lazily computed and cached K-shot signals

@@ -1,10 +1,10 @@
-"""Group diversity of LoRA experts (METHOD.md section 3.3; official-code differences in section 10.5).
+"""Group diversity of LoRA experts (docs/method.md §3.3; official-code differences in section 10.5).
 
 The similarity of two LoRAs is the cosine of their weights computed module by module and averaged over the
 modules both adapt. The compared quantity is configurable:
 
 * ``delta_w`` (default): the dense update ``scaling * B @ A`` of each module. It is robust to LoRAs that share
-  the same random ``A`` initialisation (METHOD.md section 10.5 caveat). It is computed in low rank, without
+  the same random ``A`` initialisation (docs/method.md §10.5 caveat). It is computed in low rank, without
   materialising ``d_out x d_in`` matrices: ``<B1 A1, B2 A2>_F = sum((B1^T B2) * (A1 A2^T))``.
 * ``ab``: ``lora_A`` and ``lora_B`` compared separately, as ``Rocket:Model_Selection/group_diversity.py`` does
   (every tensor counts once in the average); needs equal ranks per module.

@@ -1,4 +1,4 @@
-"""A fixed, named list of experts (reproducing a published expert list, METHOD.md section 3.5, or ablations)."""
+"""A fixed, named list of experts (reproducing a published expert list, docs/method.md §3.5, or ablations)."""
 
 from __future__ import annotations
 

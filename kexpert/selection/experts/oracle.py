@@ -1,4 +1,4 @@
-"""ORACLE baseline, explicitly labelled: the paper's "Source Best" (METHOD.md sections 8.1 and 9).
+"""ORACLE baseline, explicitly labelled: the paper's "Source Best" (docs/method.md §8.1 and §9).
 
 It picks the bank LoRAs with the best accuracy on the task's *evaluation* split. That uses the test labels, so it
 is an upper reference, never a K-shot method; ``experts.json`` marks it ``"oracle": true``.

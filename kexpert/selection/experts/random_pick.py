@@ -1,4 +1,4 @@
-"""Random expert selection: the paper's "Random" baseline (METHOD.md sections 8.2 and 9).
+"""Random expert selection: the paper's "Random" baseline (docs/method.md §8.2 and §9).
 
 N distinct bank LoRAs drawn with a seeded RNG (``expert_selection.seed``); the paper averages three draws, which
 is a sweep over the seed.

@@ -1,4 +1,4 @@
-"""Rank fusion of K-shot signals and group diversity: Algorithm 1 of the paper (METHOD.md section 3.4).
+"""Rank fusion of K-shot signals and group diversity: Algorithm 1 of the paper (docs/method.md §3.4).
 
 1. Every bank LoRA gets one rank per signal over the whole bank: accuracy descending, (reasoning) perplexity
    ascending; rank 1 is best.

@@ -1,4 +1,4 @@
-"""Top-N experts by (weighted) rank sum of K-shot signals: Algorithm 1 steps 1-3 with M = N (METHOD.md 3.4).
+"""Top-N experts by (weighted) rank sum of K-shot signals: Algorithm 1 steps 1-3 with M = N (docs/method.md §3.4).
 
 The options ``accuracy`` (R_A), ``ppl`` (vanilla perplexity), ``reasoning_ppl`` (R_P) and
 ``accuracy_reasoning_ppl`` (R_P + R_A) of Table 2 are this class with different ``weights``; ties are broken as

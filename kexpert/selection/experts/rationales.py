@@ -1,4 +1,4 @@
-"""Rationales for reasoning perplexity (METHOD.md section 3.2, Eqs. 2-3 and the Fig. 3 prompt).
+"""Rationales for reasoning perplexity (docs/method.md §3.2, Eqs. 2-3 and the Fig. 3 prompt).
 
 Reasoning perplexity scores the gold answer expanded with a chain-of-thought rationale. For each K-shot item the
 rationale comes from, in order:

@@ -1,7 +1,7 @@
 """The expert-selection report: ``experts.json``, the reasoning-perplexity vs accuracy scatter, logger output.
 
 ``experts.json`` holds every bank LoRA's K-shot signals and per-signal ranks over the bank (plus the base model
-for reference), the strategy's rank sums, candidates and chosen group with its diversity (METHOD.md 3.3-3.4).
+for reference), the strategy's rank sums, candidates and chosen group with its diversity (docs/method.md §3.3-3.4).
 """
 
 from __future__ import annotations

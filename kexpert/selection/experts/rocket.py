@@ -1,4 +1,4 @@
-"""ROCKET expert selection: Algorithm 1 in full (METHOD.md section 3.4).
+"""ROCKET expert selection: Algorithm 1 in full (docs/method.md §3.4).
 
 K-shot accuracy and reasoning perplexity ranks over the whole bank, the top ``num_candidates`` (M) by rank sum,
 then the N-subset of the candidates minimising the members' rank sums plus the group's diversity rank. Tie-breaks

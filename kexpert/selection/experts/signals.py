@@ -1,4 +1,4 @@
-"""K-shot signals of every bank LoRA, scored in batched passes (METHOD.md sections 3.1-3.2).
+"""K-shot signals of every bank LoRA, scored in batched passes (docs/method.md §3.1-3.2).
 
 * ``accuracy``: the task's evaluator on the K-shot (greedy generation + answer extraction as the paper, or the
   log-likelihood mode as an option), one adapter at a time with the K-shot batched.
