@@ -6,6 +6,8 @@ under ``sys.setprofile`` and records every call from a kexpert function into a k
 * ``files``: distinct kexpert files the run enters (what a reader following the run has to open);
 * ``re-entries``: how often the run goes back into a file it had already left (the call sequence with
   consecutive calls in the same file merged);
+* ``whole-config holders``: the kexpert files whose functions receive the whole run config (the ``cfg`` object
+  itself, not a sub-config): where a reader has to follow ``cfg`` to know what a stage reads;
 * the same two numbers for the orchestration only (``pipeline/``, ``methods/``, ``training/``, ``bank/``:
   the code that passes the config and the stage results around), and the files in first-entry order.
 
@@ -20,19 +22,27 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 ROOT = Path.cwd()
 PKG = str(ROOT / "kexpert") + os.sep
 ORCHESTRATION = ("pipeline", "methods", "training", "bank")
 
 
+def _is_run_config(value: object, depth: int = 1) -> bool:
+    """A whole run config (the original or a copy), or an object holding one as an attribute (``ctx.cfg``)."""
+    if isinstance(value, DictConfig):
+        return all(k in value for k in ("paths", "task", "k_shot", "method"))
+    attrs = getattr(value, "__dict__", None)
+    return depth > 0 and isinstance(attrs, dict) and any(_is_run_config(v, depth - 1) for v in attrs.values())
+
+
 def _rel(filename: str) -> str | None:
     return filename[len(str(ROOT)) + 1 :] if filename.startswith(PKG) else None
 
 
-def trace(overrides: list[str]) -> list[str]:
-    """The sequence of kexpert files entered by kexpert-to-kexpert calls during one run."""
+def trace(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The kexpert files entered by kexpert-to-kexpert calls during one run, and those given the whole config."""
     from kexpert.pipeline.train import run
     from kexpert.utils.resolvers import register_resolvers
 
@@ -45,11 +55,14 @@ def trace(overrides: list[str]) -> list[str]:
         cfg.paths.cache_dir = str(tmp / "cache")
         cfg.paths.data_dir = str(ROOT / "tests" / "fixtures" / "data")
     seq: list[str] = []
+    holders: list[str] = []
 
     def prof(frame, event, arg):
         if event != "call":
             return
         callee = _rel(frame.f_code.co_filename)
+        if callee and callee not in holders and any(_is_run_config(v) for v in frame.f_locals.values()):
+            holders.append(callee)
         caller = frame.f_back and _rel(frame.f_back.f_code.co_filename)
         if callee and caller and (not seq or seq[-1] != callee):
             seq.append(callee)
@@ -59,7 +72,7 @@ def trace(overrides: list[str]) -> list[str]:
         run(cfg)
     finally:
         sys.setprofile(None)
-    return seq
+    return seq, holders
 
 
 def summarize(seq: list[str]) -> tuple[int, int, list[str]]:
@@ -78,13 +91,14 @@ def main() -> None:
     overrides = sys.argv[1:] or ["experiment=tiny", "task=arc_e", "method=rocket"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
-    seq = trace(overrides)
+    seq, holders = trace(overrides)
     n, back, order = summarize(seq)
     orch = [f for f in seq if f.split(os.sep)[1] in ORCHESTRATION]
     orch = [f for i, f in enumerate(orch) if i == 0 or orch[i - 1] != f]
     on, oback, oorder = summarize(orch)
     print(f"all kexpert code:    files {n}, re-entries {back}")
     print(f"orchestration only:  files {on}, re-entries {oback}  ({', '.join(ORCHESTRATION)})")
+    print(f"whole-config holders: {len(holders)} files: {', '.join(holders)}")
     print("files, in first-entry order:")
     for f in order:
         print(f"  {f}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kexpert.pipeline.cache import StageCache
-from kexpert.pipeline.stages import DataSelectionConfig, draw_kshot, run_data_selection
+from kexpert.pipeline.stages import DATA_KEYS, DataSelectionConfig, draw_kshot, run_data_selection
 from kexpert.pipeline.stages.data import DataSelectionResult
 from kexpert.utils.instantiate import instantiate
 
@@ -24,5 +24,5 @@ def run(cfg: DictConfig) -> DataSelectionResult:
     """
     task = instantiate(cfg.task, key="task")
     kshot = draw_kshot(task, cfg.task, cfg.k_shot, cfg.data_seed, StageCache(cfg.paths.cache_dir))
-    settings = DataSelectionConfig.from_cfg(cfg)
+    settings = DataSelectionConfig(**{k: cfg.get(k) for k in DATA_KEYS})
     return run_data_selection(task, kshot, settings, cfg.paths.data_dir, Path(cfg.paths.output_dir))

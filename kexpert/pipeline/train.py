@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from kexpert.methods.base import Method, MethodContext
 from kexpert.pipeline.cache import StageCache
 from kexpert.pipeline.stages import (
+    DATA_KEYS,
     DataSelectionConfig,
     StageLog,
     choose_experts,
@@ -50,8 +51,9 @@ from kexpert.pipeline.stages import (
     train_inputs,
     train_method,
 )
+from kexpert.pipeline.stages.order import resolve_stages
 from kexpert.pipeline.validate import validate_config
-from kexpert.utils.errors import ConfigError, InvalidGridPoint
+from kexpert.utils.errors import InvalidGridPoint
 from kexpert.utils.hydra_choices import config_choices
 from kexpert.utils.instantiate import instantiate, to_container
 from kexpert.utils.io import sha1_of, write_json
@@ -60,22 +62,6 @@ from kexpert.utils.logging import get_logger
 from kexpert.utils.provenance import provenance
 
 log = get_logger(__name__)
-STAGES = ("kshot", "experts", "data", "train", "eval", "report")
-
-
-def resolve_stages(value: Any) -> list[str]:
-    """``all`` / a stage name (runs the prefix up to it) / a list (exactly those, in pipeline order)."""
-    if value in (None, "all"):
-        return list(STAGES)
-    if isinstance(value, str):
-        if value not in STAGES:
-            raise ConfigError(f"stages: unknown stage {value!r}; expected all, one of {', '.join(STAGES)} or a list")
-        return list(STAGES[: STAGES.index(value) + 1])
-    names = list(value)
-    bad = [s for s in names if s not in STAGES]
-    if bad:
-        raise ConfigError(f"stages: unknown stage(s) {bad}; expected a subset of {list(STAGES)}")
-    return [s for s in STAGES if s in names]
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -182,7 +168,9 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
 
     @functools.cache
     def data():
-        return log_.record_result(select_data(task, kshot(), DataSelectionConfig.from_cfg(cfg), cache, data_dir))
+        return log_.record_result(
+            select_data(task, kshot(), DataSelectionConfig(**{k: cfg.get(k) for k in DATA_KEYS}), cache, data_dir)
+        )
 
     if "kshot" in stages:
         timed("kshot", kshot)

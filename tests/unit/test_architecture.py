@@ -30,3 +30,14 @@ def test_no_package_file_over_400_lines():
 def test_no_private_hydra_api():
     hits = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "hydra._internal" in p.read_text()]
     assert not hits
+
+
+def test_method_references_point_into_the_repository():
+    hits = [
+        str(p.relative_to(ROOT))
+        for d in (PACKAGE, ROOT / "conf")
+        for p in d.rglob("*")
+        if p.is_file() and p.suffix in {".py", ".yaml", ".md"} and "METHOD.md" in p.read_text()
+    ]
+    assert not hits, f"cite docs/method.md, not METHOD.md: {hits}"
+    assert (ROOT / "docs" / "method.md").is_file() and (ROOT / "docs" / "architecture.md").is_file()

@@ -6,7 +6,7 @@ The entry points (``train.py``, ``select_experts.py``, ``select_data.py``, ``ban
 """
 
 from kexpert.pipeline.stages.bank import build_bank_entries, instantiate_tasks, load_bank
-from kexpert.pipeline.stages.data import DataSelectionConfig, run_data_selection, select_data, selects_data
+from kexpert.pipeline.stages.data import DATA_KEYS, DataSelectionConfig, run_data_selection, select_data, selects_data
 from kexpert.pipeline.stages.evaluate import eval_split_overlap, eval_task, evaluate_model, evaluator_kwargs
 from kexpert.pipeline.stages.experts import choose_experts, rank_oracle, run_selection, selection_context
 from kexpert.pipeline.stages.kshot import draw_kshot, kshot_inputs
@@ -22,6 +22,7 @@ from kexpert.pipeline.stages.results import Evaluation, ExpertPick, KShot, Selec
 from kexpert.pipeline.stages.train import train_inputs, train_method
 
 __all__ = [
+    "DATA_KEYS",
     "DataSelectionConfig",
     "Evaluation",
     "ExpertPick",

@@ -36,7 +36,8 @@ from kexpert.utils.logging import get_logger
 from kexpert.utils.provenance import provenance
 
 log = get_logger(__name__)
-_KEYS = ("pool", "encoder", "data_selection", "embedding", "decontamination", "index")
+DATA_KEYS = ("pool", "encoder", "data_selection", "embedding", "decontamination", "index")
+"""The run-config keys data selection reads (the fields of :class:`DataSelectionConfig`)."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,9 @@ class DataSelectionConfig:
     decontamination: DictConfig
     index: DictConfig | None = None
 
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> DataSelectionConfig:
-        """Pick the sub-configs out of a run config."""
-        return cls(**{k: cfg.get(k) for k in _KEYS})
-
     def key(self) -> dict[str, Any]:
         """The cache-key inputs (beside the K-shot's)."""
-        return {k: node(getattr(self, k)) for k in _KEYS}
+        return {k: node(getattr(self, k)) for k in DATA_KEYS}
 
     @property
     def pool_name(self) -> str:
