@@ -2,7 +2,9 @@
 
 Modes:
 * ``loglikelihood`` (multiple choice): the option whose continuation has the highest log-likelihood;
-  reports raw ``acc`` and length-normalised ``acc_norm`` (log-likelihood per byte, as lm-eval-harness).
+  reports raw ``acc`` (the primary metric) and length-normalised ``acc_norm``, defined as lm-eval-harness
+  defines it: log-likelihood divided by the number of characters of the option, without the leading space
+  (:func:`kexpert.eval.metrics.norm_length`; docs/evaluation.md).
 * ``generate``: greedy decoding, then the task's answer extraction; ``acc`` is exact match. MBPP runs the
   extracted code against its tests in :mod:`kexpert.eval.sandbox` and reports ``pass@1``.
 
@@ -18,7 +20,7 @@ from typing import Any
 from kexpert.data.prompts import PromptFormat
 from kexpert.data.records import Example
 from kexpert.eval.generation import generate_greedy
-from kexpert.eval.metrics import proportion
+from kexpert.eval.metrics import pick_options, proportion
 from kexpert.eval.sandbox import run_tests
 from kexpert.eval.scoring import score_continuations
 from kexpert.tasks.task import Task
@@ -109,14 +111,33 @@ def evaluate(
     return EvalResult(metrics=metrics, predictions=preds)
 
 
-def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_length, progress, adapter_name):
+def option_logliks(
+    task: Task,
+    model,
+    tokenizer,
+    prompt_format: PromptFormat,
+    examples: list[Example],
+    *,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    progress: bool = False,
+    adapter_name: str | None = None,
+) -> list[list[tuple[str, float]]]:
+    """What log-likelihood mode ranks: per item, per option, the scored continuation and its log-likelihood.
+
+    The context is the rendered task prompt, the continuation the option's target (``task.continuations``,
+    e.g. ``" {text}"``); ``experiments/eval/lm_eval_parity.py`` hands the same pairs to lm-eval.
+
+    Raises:
+        ConfigError: The task has no options.
+    """
     if task.answer_kind not in ("multiple_choice", "yes_no"):
         raise ConfigError(f"task {task.name}: log-likelihood mode needs a multiple-choice task")
     pairs, owners = [], []
     for i, ex in enumerate(examples):
-        ctx = pf.render(task.prompt(ex, mode="loglikelihood"), tokenizer)
+        ctx = prompt_format.render(task.prompt(ex, mode="loglikelihood"), tokenizer)
         for cont in task.continuations(ex):
-            pairs.append((ctx, pf.response(cont)))
+            pairs.append((ctx, prompt_format.response(cont)))
             owners.append(i)
     names = [adapter_name] * len(pairs) if adapter_name else None
     scores = score_continuations(
@@ -128,13 +149,27 @@ def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_le
         adapter_names=names,
         progress=f"{task.name} loglik" if progress else False,
     )
-    per_item: list[list] = [[] for _ in examples]
+    per_item: list[list[tuple[str, float]]] = [[] for _ in examples]
     for (_, cont), owner, sc in zip(pairs, owners, scores):
-        per_item[owner].append((sc.logprob, sc.logprob / max(len(cont.encode()), 1)))
+        per_item[owner].append((cont, sc.logprob))
+    return per_item
+
+
+def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_length, progress, adapter_name):
+    per_item = option_logliks(
+        task,
+        model,
+        tokenizer,
+        pf,
+        examples,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        adapter_name=adapter_name,
+    )
     preds, correct, correct_norm = [], [], []
-    for ex, lls in zip(examples, per_item):
-        raw = max(range(len(lls)), key=lambda j: lls[j][0])
-        norm = max(range(len(lls)), key=lambda j: lls[j][1])
+    for ex, opts in zip(examples, per_item):
+        raw, norm = pick_options([ll for _, ll in opts], [cont for cont, _ in opts])
         correct.append(raw == ex.gold_index)
         correct_norm.append(norm == ex.gold_index)
         preds.append(
@@ -145,10 +180,10 @@ def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_le
                 "pred_norm": ex.choice_labels[norm],
                 "correct": raw == ex.gold_index,
                 "correct_norm": norm == ex.gold_index,
-                "loglik": [round(x[0], 4) for x in lls],
+                "loglik": [round(ll, 4) for _, ll in opts],
             }
         )
-    metrics = {**proportion("acc", correct), **proportion("acc_norm", correct_norm)}
+    metrics = {**proportion("acc", correct), **proportion("acc_norm", correct_norm), "acc_norm_length": "chars"}
     return preds, metrics
 
 

@@ -4,7 +4,7 @@ from hydra.utils import instantiate
 from kexpert.data.prompts import PromptFormat
 from kexpert.eval import evaluator as ev_mod
 from kexpert.eval.evaluator import evaluate
-from kexpert.eval.metrics import wilson_interval
+from kexpert.eval.metrics import norm_length, pick_options, wilson_interval
 from kexpert.utils.errors import ConfigError
 
 
@@ -23,6 +23,24 @@ def test_loglikelihood_mode_metrics(compose_cfg, tiny_model, tiny_tokenizer):
     assert len(res.predictions) == 6
     assert all(len(p["loglik"]) == 4 for p in res.predictions)
     assert sum(p["correct"] for p in res.predictions) == round(m["acc"] * 6)
+    assert sum(p["correct_norm"] for p in res.predictions) == round(m["acc_norm"] * 6)
+    assert m["primary_metric"] == "acc" and m["acc_norm_length"] == "chars"
+    for ex, p in zip(t.eval_examples(limit=6), res.predictions):  # acc_norm: loglik / characters without the space
+        conts = t.continuations(ex)
+        best = max(range(len(conts)), key=lambda j: p["loglik"][j] / len(conts[j].lstrip()))
+        assert p["pred_norm"] == ex.choice_labels[best]
+
+
+def test_acc_norm_is_lm_evals_definition():
+    # lm-eval (api/task.py, multiple_choice): loglik / len(choice), the choice without the target delimiter " ".
+    assert norm_length(" yes") == 3 and norm_length(" no") == 2
+    assert norm_length(" café") == 4  # characters, not UTF-8 bytes
+    assert norm_length(" ") == 1  # never zero
+    # BoolQ-like: the old kexpert rule (bytes with the space: -2.4/4 < -1.7/3) picked " no"; lm-eval's picks " yes"
+    assert pick_options([-2.4, -1.7], [" yes", " no"]) == (1, 0)
+    assert pick_options([-1.0, -1.0], [" a", " b"]) == (0, 0)  # ties: the first option, as numpy.argmax
+    with pytest.raises(ValueError):
+        pick_options([-1.0], [" a", " b"])
 
 
 def test_chat_template_changes_the_prompt(compose_cfg, tiny_model, tiny_tokenizer):
