@@ -6,6 +6,9 @@ Context and continuation are tokenized separately; the continuation gets **no sp
 BOS is scored inside a response (the official ``compute_ppl.py`` bug, docs/method.md §10.2). Sequences are
 left-padded with explicit position ids, and the LM head runs only on the last positions that predict
 continuation tokens (``logits_to_keep``), which saves the 49k-vocab projection over the prompt.
+
+By default the options of an item, which share their context, are scored after one forward of that shared
+prefix (:mod:`kexpert.eval.prefix_cache`; ``share_prefix=False`` forwards every pair whole, as before).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from kexpert.eval.prefix_cache import left_pad, plan_groups, score_groups
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,6 @@ def encode_pair(
     return ctx, cont
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def score_continuations(
     model,
@@ -80,17 +75,22 @@ def score_continuations(
     max_length: int | None = None,
     adapter_names: Sequence[str] | None = None,
     progress: bool | str = False,
+    share_prefix: bool = True,
 ) -> list[ContinuationScore]:
-    """Score ``(context, continuation)`` pairs in length-sorted batches.
+    """Score ``(context, continuation)`` pairs.
 
     Args:
         model: A causal LM (HF or peft-wrapped); put in eval mode for the call.
         tokenizer: Its tokenizer.
         pairs: Context and continuation texts.
-        batch_size: Sequences per forward.
+        batch_size: Sequences per forward (the shared-prefix option passes hold a few times more short rows).
         max_length: Truncate the context from the left beyond this many tokens.
         adapter_names: Optional per-pair peft adapter name (mixed-adapter batches; ``"__base__"`` = no adapter).
         progress: Show a progress bar (a string is used as its description).
+        share_prefix: Score the pairs that share their context tokens (the options of an item) after one forward
+            of that shared prefix (:mod:`kexpert.eval.prefix_cache`); the other pairs, or all of them when false,
+            go through whole-sequence forwards in length-sorted batches. Both give the same log-likelihoods up
+            to float rounding.
 
     Returns:
         One :class:`ContinuationScore` per pair, in input order.
@@ -98,37 +98,54 @@ def score_continuations(
     if adapter_names is not None and len(adapter_names) != len(pairs):
         raise ValueError("adapter_names must have one entry per pair")
     encoded = [encode_pair(tokenizer, c, x, max_length) for c, x in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[ContinuationScore | None] = [None] * len(pairs)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(order), desc=progress if isinstance(progress, str) else "scoring", disable=not progress)
+    bar = tqdm(total=len(pairs), desc=progress if isinstance(progress, str) else "scoring", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            seqs = [encoded[i][0] + encoded[i][1] for i in idx]
-            n_cont = [len(encoded[i][1]) for i in idx]
-            ids, mask = _left_pad(seqs, pad_id, device)
-            keep = max(n_cont) + 1
-            kwargs = {}
-            if adapter_names is not None:
-                kwargs["adapter_names"] = [adapter_names[i] for i in idx]
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep, **kwargs
-            ).logits  # (b, keep, vocab)
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(idx):
-                n = n_cont[row]
-                target = ids[row, -n:]  # (n,)
-                lp = logprobs[row, -n - 1 : -1]  # (n, vocab): position t predicts token t+1
-                tok_lp = lp.gather(-1, target[:, None]).squeeze(-1)
-                greedy = bool((lp.argmax(-1) == target).all())
-                out[i] = ContinuationScore(float(tok_lp.sum()), n, greedy)
-            bar.update(len(idx))
+        groups, rest = plan_groups(encoded, adapter_names) if share_prefix else ([], list(range(len(pairs))))
+
+        def done(i: int, logprob: float, n: int, greedy: bool) -> None:
+            out[i] = ContinuationScore(logprob, n, greedy)
+
+        if groups:
+            score_groups(model, groups, batch_size, pad_id, done, bar.update)
+        _score_unshared(model, encoded, rest, batch_size, pad_id, adapter_names, done, bar.update)
     finally:
         bar.close()
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _score_unshared(model, encoded, indices, batch_size, pad_id, adapter_names, on_done, on_progress) -> None:
+    """Whole-sequence forwards (context + continuation) of ``indices`` in length-sorted, left-padded batches."""
+    order = sorted(indices, key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [encoded[i][0] + encoded[i][1] for i in idx]
+        n_cont = [len(encoded[i][1]) for i in idx]
+        ids, mask = left_pad(seqs, pad_id, device)
+        keep = max(n_cont) + 1
+        kwargs = {}
+        if adapter_names is not None:
+            kwargs["adapter_names"] = [adapter_names[i] for i in idx]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            logits_to_keep=keep,
+            use_cache=False,
+            **kwargs,
+        ).logits  # (b, keep, vocab)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, i in enumerate(idx):
+            n = n_cont[row]
+            target = ids[row, -n:]  # (n,)
+            lp = logprobs[row, -n - 1 : -1]  # (n, vocab): position t predicts token t+1
+            tok_lp = lp.gather(-1, target[:, None]).squeeze(-1)
+            greedy = bool((lp.argmax(-1) == target).all())
+            on_done(i, float(tok_lp.sum()), n, greedy)
+        on_progress(len(idx))
