@@ -153,7 +153,10 @@ class CausalLM:
         from transformers import DynamicCache
 
         data = [(keys[i], values[i]) for i in range(keys.shape[0])]
-        return DynamicCache(ddp_cache_data=data, config=self.config)
+        try:
+            return DynamicCache(ddp_cache_data=data, config=self.config)
+        except TypeError:  # transformers without per-layer cache types
+            return DynamicCache(ddp_cache_data=data)
 
 
 def _token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,8 +287,8 @@ def _prefix_pass(lm: CausalLM, groups, batch: list[int], pad_id, device, partial
             common_lp, common_greedy = float(lp.sum()), bool(hit.all())
         firsts = torch.tensor([s[0] for s in grp.suffixes], device=device)
         lp, hit = _token_scores(logits[row, -1:].expand(len(firsts), -1), firsts)
-        for m in range(len(grp.suffixes)):
-            partial[(g, m)] = (common_lp + float(lp[m]), common_greedy and bool(hit[m]))
+        for m, (lp_m, hit_m) in enumerate(zip(lp.tolist(), hit.tolist())):
+            partial[(g, m)] = (common_lp + lp_m, common_greedy and hit_m)
     if want_cache:
         keys, values = lm.kv(cache)
         for row, (g, grp) in enumerate(zip(batch, gs)):
@@ -325,6 +328,8 @@ def _option_pass(lm: CausalLM, groups, rows: list[tuple[int, int]], pad_id, devi
     sel = torch.cat([torch.arange(k) + i * width for i, k in enumerate(lengths)]).to(device)
     targets = torch.tensor([t for s in suffixes for t in s[1:]], device=device)
     lp, hit = _token_scores(logits.reshape(n * width, -1)[sel], targets)
-    for (g, m), lp_row, hit_row in zip(rows, lp.split(lengths), hit.split(lengths)):
+    sums = torch.stack([x.sum() for x in lp.split(lengths)]).tolist()
+    greedy = torch.stack([x.all() for x in hit.split(lengths)]).tolist()
+    for (g, m), lp_row, hit_row in zip(rows, sums, greedy):
         prev_lp, prev_greedy = partial[(g, m)]
-        partial[(g, m)] = (prev_lp + float(lp_row.sum()), prev_greedy and bool(hit_row.all()))
+        partial[(g, m)] = (prev_lp + lp_row, prev_greedy and hit_row)
