@@ -79,16 +79,49 @@ def make_engines(model, tok, batch_size: int, unshared: bool) -> dict:
     return engines
 
 
-def bench_task(name: str, items, engines: dict, chunk: int) -> dict:
+class StageClock:
+    """Where an engine's time goes: forward hooks time the decoder stack and the LM head, and count the
+    (padded) tokens and the forwards; the rest of an engine's time is tokenization, softmax and bookkeeping."""
+
+    def __init__(self, model) -> None:
+        self.engine = ""
+        self.stats: dict[str, dict[str, float]] = {}
+        self._t0: dict[str, float] = {}
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        for stage, module in (("decoder", decoder), ("lm_head", model.get_output_embeddings())):
+            module.register_forward_pre_hook(self._pre(stage), with_kwargs=True)
+            module.register_forward_hook(self._post(stage))
+
+    def _pre(self, stage):
+        def hook(module, args, kwargs):
+            st = self.stats.setdefault(self.engine, {"forwards": 0, "tokens": 0, "decoder_s": 0.0, "lm_head_s": 0.0})
+            if stage == "decoder":
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                st["forwards"] += 1
+                st["tokens"] += int(ids.numel()) if ids is not None else 0
+            self._t0[stage] = time.perf_counter()
+
+        return hook
+
+    def _post(self, stage):
+        def hook(module, args, output):
+            self.stats[self.engine][f"{stage}_s"] += time.perf_counter() - self._t0[stage]
+
+        return hook
+
+
+def bench_task(name: str, items, engines: dict, chunk: int, clock: StageClock) -> dict:
     """Time every engine on ``items`` chunk by chunk (order alternating) and compare their choices."""
     load_start = os.getloadavg()
     chunks = chunk_items(items, chunk)
     names = list(engines)
     seconds = dict.fromkeys(names, 0.0)
     lls: dict[str, list[list[float]]] = {n: [] for n in names}
+    clock.stats = {}
     for c, chunk_ in enumerate(chunks):
         pairs = [p for it in chunk_ for p in it]
         for n in names if c % 2 == 0 else names[::-1]:
+            clock.engine = n
             t0 = time.perf_counter()
             flat = engines[n](pairs)
             seconds[n] += time.perf_counter() - t0
@@ -107,6 +140,16 @@ def bench_task(name: str, items, engines: dict, chunk: int) -> dict:
         "seconds": {n: round(s, 3) for n, s in seconds.items()},
         "load_avg_start": [round(x, 2) for x in load_start],
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "breakdown": {
+            n: {
+                "forwards": int(st["forwards"]),
+                "padded_tokens": int(st["tokens"]),
+                "decoder_s": round(st["decoder_s"], 3),
+                "lm_head_s": round(st["lm_head_s"], 3),
+                "rest_s": round(seconds[n] - st["decoder_s"] - st["lm_head_s"], 3),
+            }
+            for n, st in clock.stats.items()
+        },
     }
     for n in names:
         if n == "lm-eval":
@@ -142,6 +185,17 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
         row += f" {r['load_avg_start'][0]:.2f} -> {r['load_avg_end'][0]:.2f} |"
         lines.append(row)
     body = "\n".join(lines)
+    parts = [
+        "| task | engine | forwards | padded tokens | decoder s | LM head s | rest s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for n, b in r["breakdown"].items():
+            parts.append(
+                f"| {r['task']} | {n} | {b['forwards']} | {b['padded_tokens']} | {b['decoder_s']:.1f} | "
+                f"{b['lm_head_s']:.1f} | {b['rest_s']:.1f} |"
+            )
+    breakdown = "\n".join(parts)
     text = f"""# kexpert's log-likelihood scorer vs lm-eval's
 
 Command: `{meta["command"]}`
@@ -158,6 +212,11 @@ throughput). Choice agreement = items whose highest-log-likelihood option is the
 Load avg = the 1-minute load average (`os.getloadavg()`) when the task started and ended: absolute seconds
 depend on what else ran on the machine; the ratios compare the engines within one process, alternated chunk by
 chunk, so both see the same load.
+
+Where the time goes (forward hooks on the decoder stack and the LM head; "rest" = tokenization, log-softmax,
+KV-cache gathering and bookkeeping; padded tokens = tokens through the decoder, padding included):
+
+{breakdown}
 """
     path.write_text(text)
 
@@ -178,7 +237,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results = []
-    model = tok = spec = engines = None
+    model = tok = spec = engines = clock = None
     for name in args.tasks:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name="eval", overrides=[f"task={name}", *args.overrides])
@@ -188,12 +247,13 @@ def main() -> None:
             model, tok = spec.load()
             model.eval()
             engines = make_engines(model, tok, args.batch_size, args.unshared)
+            clock = StageClock(model)
             warm = build_items(task, spec, tok, 4, args.seed + 1)
             for fn in engines.values():
                 fn([p for it in warm for p in it])
         items = build_items(task, spec, tok, args.items, args.seed)
         print(f"{name}: {len(items)} items, load average {os.getloadavg()[0]:.2f}")
-        res = bench_task(name, items, engines, args.chunk)
+        res = bench_task(name, items, engines, args.chunk, clock)
         print(json.dumps(res))
         results.append(res)
 
