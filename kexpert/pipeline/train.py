@@ -128,6 +128,8 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
     cache = StageCache(cfg.paths.cache_dir, enabled=bool(cfg.get("use_cache", True)))
     out_dir = Path(cfg.paths.output_dir)
     task = instantiate(cfg.task, key="task")
+    if "eval" in stages and "train" in stages:  # an empty split or eval.limit fails here, before any model loads
+        eval_task(task, cfg.eval).eval_examples(limit=cfg.eval.limit, seed=cfg.eval.seed)
     spec = instantiate(cfg.base_model, key="base_model")
     method: Method = instantiate(cfg.method, key="method")
     data_dir, plot = cfg.paths.data_dir, bool(cfg.get("plot", True))

@@ -160,6 +160,10 @@ class Task:
                 log.info(
                     "%s/%s: kept %d of %d items with %d options", self.name, what, len(rows), before, self.num_choices
                 )
+        if not rows:
+            where = src.local if self.resolved_source() == "local" else src.hub
+            why = f" with {self.num_choices} options" if self.num_choices is not None else ""
+            raise DataError(f"task {self.name}: split {what!r} ({where}) has no items{why}")
         self._cache[key] = rows
         return rows
 
@@ -198,11 +202,19 @@ class Task:
                 order. A larger limit is a fresh sample, not a superset of a smaller one: ``random.sample`` switches
                 algorithm with the sample size, so e.g. 290 of BoolQ's 300-item subset are in its 600-item one.
             seed: Seed of that draw.
+
+        Raises:
+            ConfigError: ``limit`` is zero or negative (it would select nothing).
+            DataError: the split is empty (or nothing is left after the hold-out).
         """
         if self.eval_source is None:
             raise ConfigError(f"task {self.name}: eval_split is not configured")
+        if limit is not None and limit <= 0:
+            raise ConfigError(f"eval.limit={limit} selects no items (a positive number, or null for the whole split)")
         held = self._holdout_ids()
         rows = [r for r in self._load(self.eval_source, "eval") if r.id not in held]
+        if not rows:
+            raise DataError(f"task {self.name}: no eval items left after the {len(held)}-item K-shot hold-out")
         if limit is not None and 0 < limit < len(rows):
             keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
             rows = [rows[i] for i in keep]

@@ -220,3 +220,22 @@ def test_with_eval_split_rejects_unknown_keys(compose_cfg):
         task.with_eval_split({"locl": "x.jsonl"})
     with pytest.raises(ConfigError, match="eval.split: expected a mapping"):
         task.with_eval_split("eval/arc_challenge/test.jsonl")  # type: ignore[arg-type]
+
+
+def test_empty_split_and_a_limit_that_selects_nothing_are_errors(compose_cfg, tmp_path, fixture_data_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data_dir, data)
+    with pytest.raises(ConfigError, match=r"eval.limit=0 selects no items"):
+        load_task(compose_cfg, "boolq").eval_examples(limit=0)
+    with pytest.raises(ConfigError, match=r"eval.limit=-3 selects no items"):
+        load_task(compose_cfg, "boolq").eval_examples(limit=-3)
+    (data / "eval" / "gsm8k" / "test.jsonl").write_text("\n")
+    task = load_task(compose_cfg, "gsm8k", data_dir=str(data))
+    with pytest.raises(DataError, match=r"task gsm8k: split 'eval' \(eval/gsm8k/test.jsonl\) has no items"):
+        task.eval_examples()
+    with pytest.raises(DataError, match=r"task arc_c: split 'eval' .* has no items with 7 options"):
+        arc = load_task(compose_cfg, "arc_c", data_dir=str(data))
+        arc.num_choices = 7
+        arc.eval_examples()
