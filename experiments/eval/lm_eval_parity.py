@@ -243,6 +243,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def acc_norm_rules(args: argparse.Namespace) -> dict[str, Any]:
+    """kexpert alone: ``acc``, ``acc_norm`` (lm-eval's rule) and the pre-lm-eval rule on the same items."""
+    task, spec = load_task_and_spec(args.task, args.base_model, args.data_dir, args.model_dir)
+    examples = task.eval_examples(limit=args.limit, seed=args.seed)
+    model, tok = spec.load()
+    per_item = option_logliks(task, model, tok, spec.prompt_format, examples, batch_size=args.batch_size)
+    n, acc, new, old = len(examples), 0, 0, 0
+    for ex, opts in zip(examples, per_item):
+        lls, conts = [ll for _, ll in opts], [c for c, _ in opts]
+        raw, norm = pick_options(lls, conts)
+        before = max(range(len(lls)), key=lambda j: lls[j] / max(len(conts[j].encode()), 1))
+        acc, new, old = acc + (raw == ex.gold_index), new + (norm == ex.gold_index), old + (before == ex.gold_index)
+    summary = {"task": task.name, "n": n, "limit": args.limit, "seed": args.seed}
+    summary |= {"acc": acc / n, "acc_norm": new / n, "old_acc_norm": old / n}
+    write_json(Path(args.out) / f"{task.name}_acc_norm_rules.json", summary)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def table(paths: list[Path]) -> str:
     """The markdown parity table of several result files."""
     lines = [
@@ -284,13 +303,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="outputs/lm_eval_parity", help="tasks/ (YAML + JSONL) and <task>_<mode>.json")
     ap.add_argument("--table", nargs="+", type=Path, help="print the markdown table of these result files")
+    ap.add_argument("--acc-norm-rules", action="store_true", help="kexpert only: acc_norm, new and old rule")
     args = ap.parse_args(argv)
     if args.table:
         print(table(args.table))
         return
     if not args.task:
         ap.error("--task is required")
-    run(args)
+    acc_norm_rules(args) if args.acc_norm_rules else run(args)
 
 
 if __name__ == "__main__":
