@@ -15,7 +15,7 @@ A bank is a directory with a ``manifest.json``; every entry points at one PEFT a
           "rank": 16,                          # null when ranks differ per module (see meta.ranks)
           "alpha": 16.0,                       # null when alphas differ per module
           "target_modules": ["q_proj", "v_proj"],
-          "sha256": "...",                     # of adapter_model.safetensors (or .bin)
+          "sha256": "...",                     # of adapter_model.safetensors
           "train_loss": 1.23,                  # null when imported
           "meta": {...}                        # train tokens, wall time, expert_lora_for task, ...
         }
@@ -81,9 +81,8 @@ class BankEntry:
         return self.meta.get("expert_lora_for")
 
     def weights_file(self) -> Path:
-        """The adapter weights file (safetensors preferred)."""
-        st = self.path / "adapter_model.safetensors"
-        return st if st.exists() else self.path / "adapter_model.bin"
+        """The adapter weights file (kexpert reads safetensors only; a pickled ``.bin`` is refused)."""
+        return self.path / "adapter_model.safetensors"
 
     def to_dict(self, root: Path | None = None) -> dict[str, Any]:
         """JSON form; ``path`` relative to ``root`` when it lies inside it."""

@@ -3,12 +3,15 @@
 ``conf/bank/<name>.yaml`` instantiates a spec with ``.load(base_spec=None) -> Bank``:
 
 * :class:`BankSpec` with ``manifest``: read a ``manifest.json`` (a bank dir or the file).
-* :class:`BankSpec` with ``adapters_dir``: import every subdirectory holding ``adapter_config.json``; the
-  manifest is derived from the files (rank, alpha, targets, sha256) and written under ``root`` when set.
+* :class:`BankSpec` with ``adapters_dir``: import every subdirectory holding ``adapter_config.json`` (one with
+  adapter weights but no config is an error; the others are listed in a warning and in the manifest's
+  ``meta.skipped``, with why); the manifest is derived from the files
+  (rank, alpha, targets, sha256) and written under ``root`` when set.
 * :class:`BankSpec` with ``hub_ids``: ``huggingface_hub.snapshot_download`` each id (online only; offline
   is a clear error naming the id).
 
-With a base model, every entry is validated (:func:`validate_bank`): its target modules exist in the model,
+Every adapter is read through the one loader (:mod:`kexpert.models.adapter`: safetensors only, readable, finite
+values). With a base model, every entry is validated (:func:`validate_bank`): its target modules exist in the model,
 shapes fit, and the recorded base model matches, or only a warning with ``allow_base_mismatch``. Ranks and
 target sets may differ between entries.
 """
@@ -23,7 +26,8 @@ from typing import Any
 import torch
 
 from kexpert.bank.manifest import Bank, read_manifest, write_manifest
-from kexpert.bank.validate import _module_shapes, entry_from_adapter, validate_entry
+from kexpert.bank.validate import entry_from_adapter, validate_entry
+from kexpert.models.adapter import CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME, module_shapes
 from kexpert.models.factory import hub_reachable
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.logging import get_logger
@@ -39,14 +43,14 @@ def base_model_shapes(base_spec) -> dict[str, tuple[int, int]]:
     """
     if base_spec.tiny is not None:
         model, _ = base_spec.load()
-        return _module_shapes(model)
+        return module_shapes(model)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source, kwargs = base_spec.resolve_source()
     config = AutoConfig.from_pretrained(source, trust_remote_code=base_spec.trust_remote_code, **kwargs)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=base_spec.trust_remote_code)
-    return _module_shapes(model)
+    return module_shapes(model)
 
 
 def validate_bank(bank: Bank, base_spec, allow_base_mismatch: bool = False, model=None) -> Bank:
@@ -55,7 +59,7 @@ def validate_bank(bank: Bank, base_spec, allow_base_mismatch: bool = False, mode
     Raises:
         ConfigError / DataError: naming the first bad entry and what is wrong.
     """
-    shapes = _module_shapes(model) if model is not None else base_model_shapes(base_spec)
+    shapes = module_shapes(model) if model is not None else base_model_shapes(base_spec)
     for entry in bank.entries:
         validate_entry(entry, shapes, base_spec.identity, allow_base_mismatch=allow_base_mismatch)
     log.info(
@@ -112,17 +116,41 @@ class BankSpec:
         d = Path(str(self.adapters_dir)).expanduser()
         if not d.is_dir():
             raise DataError(f"bank {self.name}: adapters_dir {d} is not a directory")
-        subdirs = sorted(p for p in d.iterdir() if p.is_dir() and (p / "adapter_config.json").exists())
-        if (d / "adapter_config.json").exists():
+        subdirs, skipped = [], {}
+        for p in sorted(d.iterdir()):
+            if not p.is_dir():
+                continue
+            if p.name.startswith("."):
+                skipped[p.name] = "hidden"
+            elif not (p / CONFIG_NAME).exists() and not any((p / w).exists() for w in (WEIGHTS_NAME, PICKLE_NAME)):
+                skipped[p.name] = f"no {CONFIG_NAME}"
+            else:
+                subdirs.append(p)
+        if (d / CONFIG_NAME).exists():
             subdirs.insert(0, d)
+        if skipped:
+            log.warning(
+                "bank %s: skipped %d of %d subdirectories of %s: %s",
+                self.name,
+                len(skipped),
+                len(skipped) + len(subdirs),
+                d,
+                ", ".join(f"{name} ({why})" for name, why in skipped.items()),
+            )
         if not subdirs:
-            raise DataError(f"bank {self.name}: {d} holds no PEFT adapter dirs (subdirs with adapter_config.json)")
+            raise DataError(
+                f"bank {self.name}: {d} holds no PEFT adapter dirs (subdirs with {CONFIG_NAME})"
+                + (f"; skipped: {', '.join(f'{n} ({w})' for n, w in skipped.items())}" if skipped else "")
+            )
         entries = [entry_from_adapter(p.name, p, base_model=self.base_model) for p in subdirs]
+        meta: dict[str, Any] = {"imported_from": str(d)}
+        if skipped:
+            meta["skipped"] = skipped
         return Bank(
             name=self.name,
             root=Path(self.root).expanduser() if self.root else d,
             entries=entries,
-            meta={"imported_from": str(d)},
+            meta=meta,
         )
 
     def _import_hub(self) -> Bank:

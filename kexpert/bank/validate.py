@@ -15,8 +15,15 @@ from typing import Any
 import torch
 
 from kexpert.bank.manifest import BankEntry
-from kexpert.models.adapter import LoRAAdapter, read_peft_adapter
-from kexpert.utils.errors import ConfigError, DataError, KExpertError
+from kexpert.models.adapter import (
+    LoRAAdapter,
+    adapter_weights_file,
+    check_adapter_fits,
+    check_base_model,
+    module_shapes,
+    read_peft_adapter,
+)
+from kexpert.utils.errors import DataError, KExpertError
 from kexpert.utils.io import sha256_file
 from kexpert.utils.logging import get_logger
 
@@ -24,9 +31,8 @@ log = get_logger(__name__)
 
 
 def weights_file(path: Path) -> Path:
-    """``adapter_model.safetensors`` (preferred) or ``adapter_model.bin`` of an adapter dir."""
-    st = path / "adapter_model.safetensors"
-    return st if st.exists() else path / "adapter_model.bin"
+    """``adapter_model.safetensors`` of an adapter dir (a pickle-only adapter is a :class:`DataError`)."""
+    return adapter_weights_file(path)
 
 
 def entry_from_adapter(
@@ -79,13 +85,8 @@ def entry_from_adapter(
 
 
 def _module_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """``{module_path: (out_features, in_features)}`` of every linear layer (peft wrappers unwrapped)."""
-    shapes: dict[str, tuple[int, int]] = {}
-    for name, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if isinstance(mod, torch.nn.Linear) or (w is not None and w.ndim == 2 and hasattr(mod, "in_features")):
-            shapes[name] = (int(mod.out_features), int(mod.in_features))
-    return shapes
+    """``{module_path: (out_features, in_features)}`` of every linear layer (see ``models.adapter.module_shapes``)."""
+    return module_shapes(model)
 
 
 def validate_entry(
@@ -112,33 +113,16 @@ def validate_entry(
     where = f"bank entry {entry.name!r} ({entry.path})"
     if not entry.path.is_dir():
         raise DataError(f"{where}: adapter dir not found")
-    if base_identity is not None and entry.base_model and entry.base_model != base_identity:
-        msg = f"{where}: trained on base model {entry.base_model!r}, but the chosen base model is {base_identity!r}"
-        if not allow_base_mismatch:
-            raise ConfigError(msg + " (set bank.allow_base_mismatch=true to use it anyway)")
-        log.warning("%s; using it anyway (allow_base_mismatch)", msg)
+    check_base_model(entry.base_model, base_identity, where, allow_base_mismatch, override="bank.allow_base_mismatch")
+    try:
+        adapter = read_peft_adapter(entry.path)  # config, readable safetensors (never a pickle), finite values
+    except KExpertError as e:
+        raise DataError(f"{where}: {e}") from e
     if check_hash and entry.sha256:
-        actual = sha256_file(weights_file(entry.path))
+        actual = sha256_file(adapter_weights_file(entry.path))
         if actual != entry.sha256:
             raise DataError(
                 f"{where}: weights sha256 {actual[:12]}... differs from the manifest's {entry.sha256[:12]}..."
             )
-    try:
-        adapter = read_peft_adapter(entry.path)
-    except KExpertError as e:
-        raise DataError(f"{where}: {e}") from e
-    shapes = model if isinstance(model, dict) else _module_shapes(model)
-    for module, lora in adapter.modules.items():
-        if module not in shapes:
-            close = sorted(k for k in shapes if k.rsplit(".", 1)[-1] == module.rsplit(".", 1)[-1])[:3]
-            hint = (
-                f" (modules of that kind: {', '.join(close)} ...)" if close else " (no such layer kind in the model)"
-            )
-            raise DataError(f"{where}: target module {module} does not exist in the base model{hint}")
-        out_f, in_f = shapes[module]
-        if lora.A.shape[1] != in_f or lora.B.shape[0] != out_f:
-            raise DataError(
-                f"{where}: module {module} is ({out_f} x {in_f}) in the base model, but the LoRA has "
-                f"A {tuple(lora.A.shape)} / B {tuple(lora.B.shape)}"
-            )
+    check_adapter_fits(adapter, model, where)
     return adapter

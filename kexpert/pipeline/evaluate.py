@@ -1,4 +1,11 @@
-"""``python eval.py``: evaluate a base model (optionally with a LoRA adapter) on one task."""
+"""``python eval.py``: evaluate a base model (optionally with a LoRA adapter) on one task.
+
+Everything a user gives is checked before the model loads: the task's eval split is read and the ``eval.limit``
+subset drawn (an empty split or an empty selection is an error), and the adapter goes through the one loader
+(:func:`kexpert.models.adapter.load_adapter`: config, readable safetensors, finite values, base model name, with
+``allow_base_mismatch=true`` to override); its target modules and shapes are checked against the loaded model before
+peft touches it. Each failure is one line and exit 2; nothing is written.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kexpert.eval.evaluator import EvalResult, evaluate
+from kexpert.models.adapter import check_adapter_fits, load_adapter
 from kexpert.models.factory import BaseModelSpec
 from kexpert.tasks.task import Task
-from kexpert.utils.errors import ConfigError
 from kexpert.utils.instantiate import instantiate, to_container
 from kexpert.utils.io import sha1_of, write_json, write_jsonl
 from kexpert.utils.logging import get_logger
@@ -21,18 +28,26 @@ log = get_logger(__name__)
 _MODEL_CACHE: dict[str, Any] = {}
 
 
-def load_model_cached(spec: BaseModelSpec, adapter: str | None = None):
-    """Load ``(model, tokenizer)`` once per process (a sequential multirun over tasks reuses it)."""
+def load_model_cached(spec: BaseModelSpec, adapter: str | None = None, allow_base_mismatch: bool = False):
+    """Load ``(model, tokenizer)`` once per process (a sequential multirun over tasks reuses it).
+
+    The adapter is read and checked (:func:`~kexpert.models.adapter.load_adapter`) before the base model loads, and
+    against the loaded model's modules before peft applies it.
+    """
     key = f"{spec.identity}|{spec.dtype}|{adapter}"
     if key not in _MODEL_CACHE:
+        lora = (
+            load_adapter(adapter, base_identity=spec.identity, allow_base_mismatch=allow_base_mismatch)
+            if adapter
+            else None
+        )
         _MODEL_CACHE.clear()
         model, tok = spec.load()
-        if adapter:
+        if lora is not None:
             from peft import PeftModel
 
-            if not Path(adapter).is_dir():
-                raise ConfigError(f"adapter: {adapter} is not a directory with adapter_config.json")
-            model = PeftModel.from_pretrained(model, adapter)
+            check_adapter_fits(lora, model)
+            model = PeftModel.from_pretrained(model, str(adapter))
             model.eval()
         _MODEL_CACHE[key] = (model, tok)
     return _MODEL_CACHE[key]
@@ -47,17 +62,19 @@ def run(cfg: DictConfig) -> EvalResult:
     task: Task = instantiate(cfg.task, key="task")
     if cfg.eval.get("split") is not None:
         task = task.with_eval_split(to_container(cfg.eval.split), key="eval.split")
+    ev = cfg.eval
+    examples = task.eval_examples(limit=ev.limit, seed=ev.seed)  # data errors before any model loads
     spec: BaseModelSpec = instantiate(cfg.base_model, key="base_model")
     out_dir = Path(cfg.paths.output_dir)
     t0 = time.perf_counter()
-    model, tok = load_model_cached(spec, cfg.get("adapter"))
+    model, tok = load_model_cached(spec, cfg.get("adapter"), bool(cfg.get("allow_base_mismatch", False)))
     load_s = time.perf_counter() - t0
-    ev = cfg.eval
     result = evaluate(
         task,
         model,
         tok,
         spec.prompt_format,
+        examples,
         limit=ev.limit,
         seed=ev.seed,
         mode=ev.mode,

@@ -90,3 +90,84 @@ def test_multirun_job_dirs_stay_flat_when_an_override_holds_a_path(tmp_path, fix
     assert len(jobs) == 1 and (jobs[0] / "metrics.json").exists(), [str(p) for p in sweep.rglob("metrics.json")]
     assert "eval_arc_easy_test.jsonl" in jobs[0].name
     assert jobs[0].name in (sweep / "summary.md").read_text()
+
+
+def _popen_eval(tmp_path, name, *overrides, data_dir, task="arc_e"):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEXPERT_CACHE_DIR": str(tmp_path / "cache")}
+    env.update(KEXPERT_DATA_DIR=str(data_dir), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "eval.py",
+        "base_model=tiny",
+        f"task={task}",
+        "eval.limit=2",
+        "eval.progress=false",
+        f"hydra.run.dir={tmp_path / 'runs' / name}",
+        *overrides,
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_bad_adapter_drills_are_one_line_exit_2(tmp_path, fixture_data_dir):
+    """The bad-adapter corpus (generated here) through eval.py adapter=: exit 2, one line, no traceback, no output."""
+    from kexpert.bank.testing import make_bad_adapters
+    from kexpert.models.factory import tiny_spec
+
+    corpus = tmp_path / "corpus"
+    expected = make_bad_adapters(tiny_spec(), corpus)
+    runs = {name: (f"adapter={corpus / name}",) for name in expected}
+    runs["other_base_allowed"] = (f"adapter={corpus / 'other_base'}", "allow_base_mismatch=true")
+    procs = {name: _popen_eval(tmp_path, name, *ov, data_dir=fixture_data_dir) for name, ov in runs.items()}
+    results = {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
+    for name in ("good", "other_base_allowed"):
+        rc, out, err = results[name]
+        assert rc == 0, err[-2000:]
+        assert json.loads((tmp_path / "runs" / name / "metrics.json").read_text())["eval"]["n"] == 2
+    assert "using it anyway (allow_base_mismatch)" in results["other_base_allowed"][1]
+    for name, fragment in expected.items():
+        if name == "good":
+            continue
+        rc, out, err = results[name]
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, (name, err[-2000:])
+        assert lines[0].startswith("error: ") and fragment in lines[0] and str(corpus / name) in lines[0], lines
+        assert "Traceback" not in out + err
+        assert not (tmp_path / "runs" / name / "metrics.json").exists()
+    assert not (corpus / "PWNED").exists()  # the pickle-only adapter's payload never ran
+
+
+def test_empty_split_and_empty_limit_are_errors(tmp_path, fixture_data_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data_dir, data)
+    (data / "eval" / "piqa" / "test.jsonl").write_text("")
+    empty = _popen_eval(tmp_path, "empty", data_dir=data, task="piqa")
+    none = _popen_eval(tmp_path, "limit0", "eval.limit=0", data_dir=fixture_data_dir)
+    for p, fragment in ((empty, "split 'eval' (eval/piqa/test.jsonl) has no items"), (none, "eval.limit=0 selects")):
+        rc = p.wait(timeout=300)
+        out, err = p.communicate()
+        assert rc == 2 and fragment in err and "Traceback" not in err, err[-2000:]
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_data_errors_come_before_any_model_loads(compose_cfg, tmp_path, fixture_data_dir, monkeypatch):
+    import shutil
+
+    import pytest
+
+    from kexpert.models.factory import BaseModelSpec
+    from kexpert.pipeline import evaluate
+    from kexpert.utils.errors import DataError
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(BaseModelSpec, "load", no_model)
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data_dir, data)
+    (data / "eval" / "arc_easy" / "validation.jsonl").write_text("\n")
+    cfg = compose_cfg("eval", ["base_model=tiny", "task=arc_e", "eval.progress=false"])
+    cfg.paths.data_dir = str(data)
+    with pytest.raises(DataError, match="has no items"):
+        evaluate.run(cfg)

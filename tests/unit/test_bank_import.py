@@ -64,7 +64,7 @@ def test_imported_adapters_reproduce_peft_outputs(tmp_path, tiny_tokenizer):
     assert torch.equal(_logits(loaded, ids), expected)
 
 
-def test_pickled_bin_adapter_reads_like_safetensors(bank_dir, tmp_path):
+def test_pickled_bin_adapter_is_refused_never_unpickled(bank_dir, tmp_path):
     from safetensors.torch import load_file
 
     src = bank_dir / "adapters" / "lora_1"
@@ -72,15 +72,10 @@ def test_pickled_bin_adapter_reads_like_safetensors(bank_dir, tmp_path):
     dst.mkdir(parents=True)
     shutil.copy(src / "adapter_config.json", dst)
     torch.save(load_file(str(src / "adapter_model.safetensors")), dst / "adapter_model.bin")
-    a = entry_from_adapter("st", src)
-    b = entry_from_adapter("bin", dst)
-    assert (a.rank, a.alpha, a.target_modules, a.meta["num_parameters"]) == (
-        b.rank,
-        b.alpha,
-        b.target_modules,
-        b.meta["num_parameters"],
-    )
-    validate_entry(b, _spec().load()[0], _spec().identity)
+    with pytest.raises(DataError, match=r"bank entry 'bin'.*adapter_model.bin: pickle-only .*safe_serialization=True"):
+        entry_from_adapter("bin", dst)
+    with pytest.raises(DataError, match=r"bank entry 'lora_1'.*pickle-only adapter weights are refused"):
+        BankSpec(name="bk", adapters_dir=str(tmp_path / "bin_adapters")).load(_spec())
 
 
 def test_ranks_and_targets_may_differ(tmp_path):
