@@ -4,9 +4,10 @@ A run re-started from its ``last.ckpt`` reaches the same weights as an uninterru
 seed). Three things make that hold:
 
 * the train loader is *stateful* (:class:`ResumableDataLoader`; Lightning saves its ``state_dict`` in the
-  checkpoint): it records the epoch and the number of batches already consumed in it, and on resume
-  :class:`SkippingSampler` skips exactly those sample indices of the epoch's seeded order, so the run continues with
-  the next unseen batch instead of replaying the epoch's start;
+  checkpoint): it records the epoch, the number of batches already consumed in it and its private generator's
+  state, and on resume :class:`SkippingSampler` skips exactly those sample indices of the epoch's seeded order, so
+  the run continues with the next unseen batch instead of replaying the epoch's start (the sampler's order itself
+  is a function of the seed and the epoch: nothing else to save);
 * :class:`RNGStateCallback` stores the torch / CUDA / python / numpy RNG states and restores them just before
   training resumes, so LoRA dropout draws the same masks;
 * checkpoints are taken at optimizer-step boundaries and written atomically (:class:`AtomicCheckpointIO`).
@@ -90,6 +91,11 @@ class SkippingSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """A DataLoader with ``state_dict``/``load_state_dict``: Lightning treats it as resumable mid-epoch.
 
+    Its state is the sampler position (epoch, batches consumed) and, with a private ``generator``, that generator's
+    state *before* the current epoch's iterator drew its base seed from it (the seed of worker processes): restored,
+    the resumed epoch's iterator draws the same seed and every later epoch too (without it, a resumed run's epoch
+    ``e`` got the seed of epoch ``e - 1``).
+
     Args:
         *args: DataLoader arguments; ``sampler`` must be a :class:`SkippingSampler`.
         progress_fn: Returns the number of batches consumed in the current epoch when a checkpoint is saved.
@@ -99,13 +105,25 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, progress_fn: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.progress_fn = progress_fn
+        self._epoch_generator_state: torch.Tensor | None = None
 
-    def state_dict(self) -> dict[str, int]:  # noqa: D102
-        return {"epoch": int(self.sampler.base.epoch), "batches_done": int(self.progress_fn())}
+    def __iter__(self):  # noqa: D105
+        if self.generator is not None:
+            self._epoch_generator_state = self.generator.get_state()
+        return super().__iter__()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:  # noqa: D102
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state: dict[str, Any] = {"epoch": int(self.sampler.base.epoch), "batches_done": int(self.progress_fn())}
+        if self.generator is not None:
+            gen = self._epoch_generator_state
+            state["generator"] = gen if gen is not None else self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         self.sampler.skip_epoch = int(state["epoch"])
         self.sampler.skip_items = int(state["batches_done"]) * int(self.batch_size) * rank_world()[1]
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 
 
 class RNGStateCallback(Callback):

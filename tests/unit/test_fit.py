@@ -130,3 +130,26 @@ def test_finetune_adapter_continues_an_adapter(tmp_path, compose_cfg):
     assert {"first_loss", "last_loss", "train_tokens", "wall_s"} <= set(stats)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not (tmp_path / "ft" / ".adapter.trainer").exists()  # the trainer's work dir is removed
+
+
+def test_loader_generator_is_restored_for_the_resumed_epoch(tmp_path, monkeypatch):
+    """The loader's private generator: a resumed epoch's iterator draws the base seed the uninterrupted run drew."""
+    from kexpert.training import resume
+
+    seeds: list[tuple[int, int]] = []
+    orig = resume.ResumableDataLoader.__iter__
+
+    def recording_iter(self):
+        it = orig(self)
+        seeds.append((int(self.sampler.base.epoch), int(it._base_seed)))
+        return it
+
+    monkeypatch.setattr(resume.ResumableDataLoader, "__iter__", recording_iter)
+    kw = dict(logger=False, checkpoint=CheckpointPolicy(every_n_steps=1), trainer_kwargs={"max_epochs": 3})
+    fit(*_lora_module(), TRAINER, work_dir=tmp_path / "straight", **kw)
+    straight, seeds[:] = list(seeds), []
+    with pytest.raises(RuntimeError, match="killed at step 7"):
+        fit(*_lora_module(), TRAINER, work_dir=tmp_path / "k", callbacks=[_KillAtStep(7)], **kw)
+    seeds.clear()
+    fit(*_lora_module(), TRAINER, work_dir=tmp_path / "k", resume=True, **kw)
+    assert seeds == straight[1:]  # epochs 1 and 2, with the seeds of the uninterrupted run
