@@ -81,8 +81,11 @@ def _minutes(seconds: float) -> str:
 
 
 def rough_duration(tokens: int) -> str:
-    """``"4-30 min"``: the bank's training time at SmolLM2-135M's measured CPU speed (130 tok/s idle, 15 loaded)."""
-    return f"{_minutes(tokens / 130)}-{_minutes(tokens / 15)}"
+    """``"4-38 min"``: the bank's training time at SmolLM2-135M's measured CPU speed (130 tok/s idle, 15 loaded)."""
+    lo, hi = tokens / 130, tokens / 15
+    if hi < 90:
+        return f"{lo:.0f}-{hi:.0f} s"
+    return f"{_minutes(lo)}-{hi / 60:.0f} min" if lo < 90 else f"{lo / 60:.0f}-{hi / 60:.0f} min"
 
 
 @dataclass
@@ -274,13 +277,13 @@ class BankBuildSpec:
             prepared.append((ds, *self.load_items(ds, tasks, index)))
         tokens = [rough_tokens(items, self.train) for _, items, _ in prepared]
         log.info(
-            "bank %s: building %d missing LoRA entries (%s) into %s: ~%dk training tokens, roughly %s for a 135M "
+            "bank %s: building %d missing LoRA entries (%s) into %s: ~%s training tokens, roughly %s for a 135M "
             "model on 2 CPU cores (progress below; later runs reuse the bank)",
             self.name,
             len(prepared),
             ", ".join(ds.name for ds, _, _ in prepared),
             self.root_path,
-            round(sum(tokens) / 1000),
+            f"{sum(tokens) / 1000:.0f}k" if sum(tokens) >= 1000 else sum(tokens),
             rough_duration(sum(tokens)),
         )
         t_build, built, done_tokens = time.perf_counter(), 0, 0

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from kexpert.utils.errors import KExpertError
+from kexpert.utils.logging import quiet_third_party
 from kexpert.utils.resolvers import register_resolvers
 
 # Every entry point imports this module before ``@hydra.main`` composes, so the configs' resolvers exist.
@@ -33,10 +34,13 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     In a multirun the message names the failing job and its overrides; any other exception (a defect, not bad
     input) also names the job before it propagates with its traceback, so a sweep always says which cell failed.
+    Every job starts with :func:`~kexpert.utils.logging.quiet_third_party` (Hydra has configured logging by then):
+    one handler per log line, and the known third-party warnings silenced.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_third_party()
         try:
             return fn(*args, **kwargs)
         except KExpertError as e:
