@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from kexpert.utils.errors import ConfigError, DataError
@@ -173,6 +174,20 @@ def load_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(st))
     except Exception as e:  # SafetensorError, OSError, ...: any failure to read means a damaged file
+        raise DataError(f"{st}: unreadable safetensors file, truncated or corrupt ({_one_line(e)})") from e
+
+
+def adapter_tensor_keys(path: str | Path) -> list[str]:
+    """The tensor names of an adapter dir's safetensors file, from its header only (no tensor is read).
+
+    Raises:
+        DataError: no safetensors file, a pickle-only adapter, or an unreadable header.
+    """
+    st = adapter_weights_file(path)
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:  # SafetensorError, OSError: a damaged file
         raise DataError(f"{st}: unreadable safetensors file, truncated or corrupt ({_one_line(e)})") from e
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexpert.models.adapter import LoRAAdapter, load_adapter_tensors, read_adapter_config, read_peft_adapter
+from kexpert.models.adapter import LoRAAdapter, adapter_tensor_keys, read_adapter_config, read_peft_adapter
 from kexpert.utils.errors import DataError, KExpertError
 
 _MAX_LISTED = 5
@@ -58,16 +58,9 @@ def adapter_keys(entry: ExpertSource) -> list[str]:
         DataError: naming the entry, when the adapter files are missing.
     """
     path = Path(entry.path)
-    st = path / "adapter_model.safetensors"
     try:
         read_adapter_config(path)
-        if st.exists():
-            from safetensors import safe_open
-
-            with safe_open(str(st), framework="pt") as f:
-                raw = list(f.keys())
-        else:
-            raw = list(load_adapter_tensors(path))
+        raw = adapter_tensor_keys(path)  # safetensors only (a pickle is refused), errors in one line
     except KExpertError as e:
         raise DataError(f"expert {entry.name!r}: {e}") from e
     out = []

@@ -13,6 +13,7 @@ from kexpert.bank.manifest import Bank, BankEntry, write_manifest
 from kexpert.bank.spec import BankSpec
 from kexpert.bank.testing import make_bad_adapters
 from kexpert.models.adapter import load_adapter
+from kexpert.models.expert_sources import ExpertSource, adapter_keys, read_experts
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.tiny import TINY_CONFIG
 from kexpert.utils.errors import ConfigError, DataError
@@ -102,3 +103,13 @@ def test_bank_import_lists_what_it_skipped(corpus, tmp_path, caplog):
     shutil.rmtree(adapters / "good")
     with pytest.raises(DataError, match=r"holds no PEFT adapter dirs .*skipped: \.cache \(hidden\), notes"):
         BankSpec(name="imp", adapters_dir=str(adapters)).load(SPEC)
+
+
+@pytest.mark.parametrize("name", ["pickle_only", "missing_config", "truncated", "nan_weights"])
+def test_moe_experts_go_through_the_same_loader(corpus, name):
+    """LoRA-MoE experts (methods) read their keys and tensors through the same checks."""
+    root, expected = corpus
+    src = ExpertSource(name, str(root / name))
+    with pytest.raises(DataError, match=rf"expert '{name}': .*{re.escape(expected[name])}"):
+        read_experts([src]) if name == "nan_weights" else adapter_keys(src)
+    assert not (root / "PWNED").exists()
