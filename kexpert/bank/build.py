@@ -1,18 +1,19 @@
 """Building a LoRA bank: one LoRA per open dataset, trained with Lightning (docs/method.md §2.3-2.4).
 
 A :class:`BankBuildSpec` (``conf/bank/<name>.yaml``) lists the datasets (pool files read through
-:mod:`kexpert.data.pools`, or a task's train split rendered through the task's own prompt and target: the
-paper's "Expert LoRA"), the LoRA shape and the training recipe. :meth:`BankBuildSpec.build` trains the
-entries that are missing from the bank's manifest, one after another on one loaded base model: each entry
-is trained by :func:`kexpert.training.lora.train_entry` (a fresh peft LoRA seeded by the entry name, so an entry
-trained alone equals the same entry trained inside a build; the one training path of
-:func:`kexpert.training.fit.fit`, the SFT path the MoE uses), is saved to a temp dir unique to the process and renamed into
-place, and only then enters the manifest; the peft wrapper is unloaded before the next entry. An interrupted build
-therefore resumes with the missing entries. Builders of one bank may run at once: each entry is trained under a
-lock (``<root>/.build.<entry>.lock``), and a builder that waited on it reuses the entry another one finished. The
-base model is loaded only when an entry is actually trained. A build starts with a one-line notice (the entries,
-roughly how many tokens and minutes) and reports each entry's progress with an estimate of the time left. Before training, every item is checked against every task's
-eval split (:mod:`kexpert.data.decontam`); an overlap left in a training set is an error.
+:mod:`kexpert.data.pools`, or a task's train split rendered through the task's own prompt and target: the paper's
+"Expert LoRA"), the LoRA shape and the training recipe. :meth:`BankBuildSpec.build` trains the entries that are
+missing from the bank's manifest, one after another on one loaded base model: each entry is trained by
+:func:`kexpert.training.lora.train_entry` (a fresh peft LoRA seeded by the entry name, so an entry trained alone
+equals the same entry trained inside a build; the one training path of :func:`kexpert.training.fit.fit`, the SFT
+path the MoE uses), is saved to a temp dir unique to the process and renamed into place, and only then enters the
+manifest; the peft wrapper is unloaded before the next entry. An interrupted build therefore resumes with the
+missing entries. Builders of one bank may run at once: each entry is trained under a lock
+(``<root>/.build.<entry>.lock``), and a builder that waited on it reuses the entry another one finished. The base
+model is loaded only when an entry is actually trained. A build starts with a one-line notice (the entries, roughly
+how many tokens and minutes) and reports each entry's progress with an estimate of the time left. Before training,
+every item is checked against every task's eval split (:mod:`kexpert.data.decontam`); an overlap left in a training
+set is an error.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 from kexpert.bank.manifest import read_manifest
 from kexpert.bank.spec import BankSpec, validate_bank
 from kexpert.bank.testing import make_random_bank
-from kexpert.bank.validate import entry_from_adapter, validate_entry
+from kexpert.bank.validate import entry_from_adapter
 from kexpert.models.factory import BaseModelSpec
 from kexpert.models.tiny import TINY_CONFIG
 from kexpert.utils.errors import ConfigError, DataError
