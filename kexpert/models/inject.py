@@ -75,6 +75,11 @@ class LoRAMoESpec:
         random_init_std: Std of the random A init (the official code: 0.01).
         adapter_dtype: ``float32`` keeps experts and routers in fp32 over a bf16 base (as peft does); ``base``
             uses the base weight's dtype.
+        router_lr_mult: The routers' learning rate is the optimizer's times this (their own param group).
+        router_weight_decay: The routers' weight decay; ``None`` = the optimizer's.
+        router_seed: Seed of the MoE's construction (router init, random experts); ``None`` = derived from ``seed``
+            and ``data_seed`` (:func:`kexpert.methods.base.draw_seed`).
+        log_every_n_steps: Optimizer steps between the routing / gradient / drift logs (0 = never).
 
     Raises:
         ConfigError: any value out of range, including ``top_k > num_experts``.
@@ -98,6 +103,10 @@ class LoRAMoESpec:
         random_alpha: float = 16.0,
         random_init_std: float = 0.01,
         adapter_dtype: Literal["float32", "base"] = "float32",
+        router_lr_mult: float = 1.0,
+        router_weight_decay: float | None = None,
+        router_seed: int | None = None,
+        log_every_n_steps: int = 10,
     ) -> None:
         checks = [
             (num_experts >= 1, "num_experts", ">= 1", num_experts),
@@ -111,6 +120,14 @@ class LoRAMoESpec:
             (random_rank >= 1, "random_rank", ">= 1", random_rank),
             (random_init_std > 0, "random_init_std", "> 0", random_init_std),
             (adapter_dtype in ("float32", "base"), "adapter_dtype", "float32|base", adapter_dtype),
+            (router_lr_mult > 0, "router_lr_mult", "> 0", router_lr_mult),
+            (
+                router_weight_decay is None or router_weight_decay >= 0,
+                "router_weight_decay",
+                ">= 0",
+                router_weight_decay,
+            ),
+            (log_every_n_steps >= 0, "log_every_n_steps", ">= 0", log_every_n_steps),
         ]
         for ok, key, expected, got in checks:
             if not ok:
@@ -131,6 +148,10 @@ class LoRAMoESpec:
         self.random_alpha = float(random_alpha)
         self.random_init_std = float(random_init_std)
         self.adapter_dtype = adapter_dtype
+        self.router_lr_mult = float(router_lr_mult)
+        self.router_weight_decay = float(router_weight_decay) if router_weight_decay is not None else None
+        self.router_seed = int(router_seed) if router_seed is not None else None
+        self.log_every_n_steps = int(log_every_n_steps)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready settings (for checkpoints and metrics)."""

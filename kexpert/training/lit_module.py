@@ -2,9 +2,10 @@
 
 Bank LoRAs, the single-LoRA baselines (peft models) and the LoRA-MoE (kexpert layers) all train through it: the loss
 is the LM cross-entropy on response tokens (labels = -100 elsewhere), optimizers see only ``requires_grad``
-parameters, and the schedule is built from the trainer's real number of optimizer steps
-(:func:`planned_optimizer_steps`). :func:`optim_factories` reads the optimizer and schedule partials of
-``conf/optim``.
+parameters (in the param groups of :meth:`CausalLMLitModule.param_groups`, one group unless a subclass splits
+them; a group's ``lr_mult`` scales the optimizer's lr for that group), and the schedule is built from the trainer's
+real number of optimizer steps (:func:`planned_optimizer_steps`). :func:`optim_factories` reads the optimizer and
+schedule partials of ``conf/optim``.
 """
 
 from __future__ import annotations
@@ -107,11 +108,21 @@ class CausalLMLitModule(L.LightningModule):
         """Parameters the optimizer updates."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def param_groups(self) -> list[dict[str, Any]] | None:
+        """Optimizer param groups (``params`` plus optional ``name``, ``lr_mult``, ``weight_decay``), or ``None``.
+
+        ``None`` (here) hands the optimizer one group of every trainable parameter.
+        """
+        return None
+
     def configure_optimizers(self):  # noqa: D102
-        params = self.trainable_parameters()
+        groups = self.param_groups()
+        params: list[Any] = self.trainable_parameters() if groups is None else groups
         if not params:
             raise RuntimeError("no trainable parameters: nothing to optimize")
         opt = self.optimizer_factory(params=params)
+        for group in opt.param_groups if groups is not None else []:
+            group["lr"] = group["lr"] * group.get("lr_mult", 1.0)  # before the scheduler reads its base lrs
         if self.scheduler_factory is None:
             return opt
         steps = int(planned_optimizer_steps(self.trainer))

@@ -112,7 +112,8 @@ def train_moe(
     resume: bool | str = True,
     callbacks: Sequence[Callback] = (),
     logger: Any = None,
-    log_layer_load_every_n_steps: int = 50,
+    log_layer_load_every_n_steps: int | None = None,
+    router_seed: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build, train and save a LoRA-MoE.
 
@@ -126,7 +127,7 @@ def train_moe(
             ``moe=mixlora``).
         train_items: SFT items (K-shot plus selected open data).
         out_dir: Run dir: ``checkpoints/``, ``logs/``, ``moe/`` (the final checkpoint), ``metrics.json``.
-        seed: Training seed.
+        seed: Training seed (data order; and the build's seed unless ``router_seed`` or ``moe.router_seed`` is set).
         kshot_items: K-shot items for ``router_init=kshot_stats``.
         val_items: Optional validation items.
         batch_size: Micro-batch size.
@@ -137,7 +138,10 @@ def train_moe(
             checkpoint; ``False`` starts over.
         callbacks: Extra Lightning callbacks.
         logger: A Lightning logger (default: CSV under ``out_dir/logs``).
-        log_layer_load_every_n_steps: Period of the per-layer expert-load metrics.
+        log_layer_load_every_n_steps: Overrides ``moe.log_every_n_steps`` (the period of the logged instruments).
+        router_seed: Seed of the MoE build (router init, random experts; dropout continues from it). ``None``:
+            ``moe.router_seed``, or ``seed`` when that is null too. :class:`~kexpert.methods.moe.MoEMethod` passes
+            the seed that follows the K-shot draw.
 
     Returns:
         ``(model in eval mode, metrics)``.
@@ -146,11 +150,12 @@ def train_moe(
     out_dir = Path(out_dir)
     spec = _as_spec(cfg_moe)
     ckpt_path = resume_path(out_dir / "checkpoints", resume)
+    init_seed = next(s for s in (router_seed, spec.router_seed, seed) if s is not None)
     model, tok, injection, init_summary = build_moe_at_init(
         spec,
         base_spec,
         experts,
-        seed,
+        init_seed,
         kshot_items=kshot_items,
         batch_size=batch_size,
         cutoff_len=cutoff_len,
@@ -161,7 +166,17 @@ def train_moe(
         train_items, tok, base_spec.prompt_format, batch_size, cutoff_len, seed, val_items, resumable=True
     )
     optimizer, scheduler = optim_factories(cfg_optim)
-    lit = MoELitModule(model, optimizer, scheduler, spec.aux_loss_coef, spec.z_loss_coef, log_layer_load_every_n_steps)
+    every = spec.log_every_n_steps if log_layer_load_every_n_steps is None else log_layer_load_every_n_steps
+    lit = MoELitModule(
+        model,
+        optimizer,
+        scheduler,
+        spec.aux_loss_coef,
+        spec.z_loss_coef,
+        log_every_n_steps=every,
+        router_lr_mult=spec.router_lr_mult,
+        router_weight_decay=spec.router_weight_decay,
+    )
 
     def metrics_of(res: FitResult) -> dict[str, Any]:
         return {
@@ -172,6 +187,8 @@ def train_moe(
             "params": counts,
             "data": dm.stats,
             "router_init": init_summary,
+            "router_seed": init_seed,
+            "instruments": lit.instrument_summary(),
             "resumed_from": res.resumed_from,
             "experts": [{"name": e.name, "path": e.path} for e in injection.experts],
             "moe": spec.settings(),
