@@ -14,7 +14,10 @@ compares it, per (layer, slot), with the ``routing.json`` of trained runs:
 correlation stays high with other experts and texts but not with another seed, the routing is the init's.
 ``--routing A.json ...`` compares existing routing files (e.g. two trained runs) instead of building a model.
 Prints a markdown table (Pearson r over the 60 x N cells, mean absolute difference, share of layers whose two most
-used slots agree) and writes it, with each untrained ``routing.json``, under ``--out``.
+used slots agree, mean of the per-layer r) and writes it, with each untrained ``routing.json``, under ``--out``.
+The measure is the package's ``kexpert.models.routing_stats.routing_agreement``; every pipeline run now records it
+against its own same-seed untrained MoE (``metrics.json`` -> ``routing.init_agreement``). A trained run's router
+seed is ``method_info.router_seed`` in its ``metrics.json`` (``seed`` for ``data_seed=0``).
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+
+from kexpert.models.routing_stats import collect_routing_stats, eval_texts, routing_agreement
+from kexpert.pipeline.stages import eval_task, load_bank
+from kexpert.training.train_moe import build_moe_at_init
+from kexpert.utils.errors import ConfigError
+from kexpert.utils.instantiate import instantiate
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose_train_cfg(task: str, overrides: list[str]):
     """The ``train.py`` config for ``task`` (method=rocket), without running Hydra's app."""
-    import tempfile
-
-    from hydra import compose, initialize_config_dir
-
     os.environ.setdefault("KEXPERT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     out = f"paths.output_dir={tempfile.gettempdir()}"  # required by the config; the probe writes nothing there
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -43,11 +50,6 @@ def compose_train_cfg(task: str, overrides: list[str]):
 
 def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
     """Routing fractions of the LoRA-MoE as ``train_moe`` builds it at step 0 (no training)."""
-    from kexpert.models.routing_stats import collect_routing_stats, eval_texts
-    from kexpert.pipeline.stages import eval_task, load_bank
-    from kexpert.training.train_moe import build_moe_at_init
-    from kexpert.utils.instantiate import instantiate
-
     base_spec = instantiate(cfg.base_model, key="base_model")
     bank = load_bank(cfg.bank, base_spec)
     missing = [e for e in experts if e not in bank]
@@ -62,23 +64,20 @@ def untrained_routing(cfg, experts: list[str], seed: int, limit: int) -> dict:
     return {"layers": stats.layers, "experts": list(experts), "fractions": stats.fractions, "tokens": stats.tokens}
 
 
-def _matrix(routing: dict, layers: list[str]) -> torch.Tensor:
-    idx = {p: i for i, p in enumerate(routing["layers"])}
-    missing = [p for p in layers if p not in idx]
-    if missing:
-        raise SystemExit(f"routing files cover different layers (e.g. {missing[0]})")
-    return torch.tensor([routing["fractions"][idx[p]] for p in layers], dtype=torch.float64)
-
-
 def compare(a: dict, b: dict) -> dict:
-    """Pearson r over (layer, slot), mean absolute difference, and agreement of each layer's top-2 slots."""
-    layers = list(a["layers"])
-    x, y = _matrix(a, layers), _matrix(b, layers)
-    if x.shape != y.shape:
-        raise SystemExit(f"routing files have {x.shape[1]} and {y.shape[1]} experts")
-    r = torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1].item()
-    top = [set(u.topk(2).indices.tolist()) == set(v.topk(2).indices.tolist()) for u, v in zip(x, y)]
-    return {"r": r, "mad": (x - y).abs().mean().item(), "top2": sum(top) / len(top)}
+    """Pearson r over (layer, slot), mean absolute difference, agreement of each layer's top-2 slots, per-layer r.
+
+    The measure is the package's :func:`kexpert.models.routing_stats.routing_agreement` (the run report records
+    it for every MoE run against its same-seed untrained MoE).
+    """
+    try:
+        return routing_agreement(a, b)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from e
+
+
+def _fmt(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.3f}"
 
 
 def _read_routing(p: Path) -> dict:
@@ -110,8 +109,9 @@ def main() -> None:
         raise SystemExit("give either --experts (build an untrained MoE) or --routing (compare routing.json files)")
     trained = {str(p): _read_routing(p) for p in args.compare}
     lines = [
-        "| routing | router seed | compared with | Pearson r (layer x slot) | mean abs diff | same top-2 slots |",
-        "|---|---|---|---|---|---|",
+        "| routing | router seed | compared with | Pearson r (layer x slot) | mean abs diff | same top-2 slots "
+        "| mean per-layer r |",
+        "|---|---|---|---|---|---|---|",
     ]
     sides: list[tuple[str, str, dict]] = []
     if args.routing:
@@ -129,7 +129,9 @@ def main() -> None:
     for label, seed, routing in sides:
         for name, t in trained.items():
             c = compare(routing, t)
-            lines.append(f"| {label} | {seed} | {name} | {c['r']:.3f} | {c['mad']:.3f} | {100 * c['top2']:.0f}% |")
+            lr = c["per_layer_r_mean"]
+            cells = f"{_fmt(c['r'])} | {c['mad']:.3f} | {100 * c['top2']:.0f}% | {_fmt(lr)}"
+            lines.append(f"| {label} | {seed} | {name} | {cells} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

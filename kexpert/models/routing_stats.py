@@ -3,13 +3,19 @@
 For every real (non-padding) token of an evaluation set and every MoE layer, each expert in the token's top-k
 counts 1 and the others 0; the table reports that fraction per (layer, expert), so a row sums to k. The mean
 gate weight per expert is reported too. Output: CSV, a markdown table, JSON and a heatmap PNG (matplotlib, Agg).
+
+:func:`routing_agreement` compares two such tables (e.g. a trained MoE and the same-seed untrained one, as the run
+report does): Pearson r over all (layer, expert) cells, r within each layer, the mean absolute difference and the
+share of layers whose two most used experts agree. r near 1 with the untrained MoE means training did not move the
+routing off its init.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +82,56 @@ class RoutingStats:
         mean = [sum(col) / len(self.fractions) for col in zip(*self.fractions)]
         body.append("| **mean** | " + " | ".join(f"**{v:.3f}**" for v in mean) + " |")
         return "\n".join([head, sep, *body]) + "\n"
+
+
+def _fractions(routing: RoutingStats | Mapping) -> tuple[list[str], list[list[float]]]:
+    if isinstance(routing, RoutingStats):
+        return routing.layers, routing.fractions
+    return list(routing["layers"]), routing["fractions"]
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Pearson r of two 1-d tensors; ``None`` when either is constant (r undefined)."""
+    if x.numel() < 2 or float(x.std()) == 0.0 or float(y.std()) == 0.0:
+        return None
+    r = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+    return None if math.isnan(r) else r
+
+
+def routing_agreement(a: RoutingStats | Mapping, b: RoutingStats | Mapping) -> dict[str, object]:
+    """How alike two routing tables are, over the layers of ``a`` (``b`` must cover them, with as many experts).
+
+    ``a`` and ``b`` are :class:`RoutingStats` or ``routing.json`` documents (``layers``, ``fractions``).
+
+    Returns:
+        ``{"r": Pearson r over every (layer, expert) cell, "mad": mean absolute difference, "top2": share of layers
+        whose two most used experts are the same, "per_layer_r": {short layer name: r over that layer's experts
+        or None where a layer's fractions are constant}, "per_layer_r_mean": mean of the defined per-layer r}``.
+
+    Raises:
+        ConfigError: a layer of ``a`` missing from ``b``, or different expert counts.
+    """
+    layers, fa = _fractions(a)
+    layers_b, fb = _fractions(b)
+    idx = {p: i for i, p in enumerate(layers_b)}
+    missing = [p for p in layers if p not in idx]
+    if missing:
+        raise ConfigError(f"routing tables cover different layers (e.g. {missing[0]})")
+    x = torch.tensor(fa, dtype=torch.float64)
+    y = torch.tensor([fb[idx[p]] for p in layers], dtype=torch.float64)
+    if x.shape != y.shape:
+        raise ConfigError(f"routing tables have {x.shape[1]} and {y.shape[1]} experts")
+    k = min(2, x.shape[1])
+    top = [set(u.topk(k).indices.tolist()) == set(v.topk(k).indices.tolist()) for u, v in zip(x, y)]
+    per_layer = {short_layer_name(p): _pearson(u, v) for p, u, v in zip(layers, x, y)}
+    defined = [r for r in per_layer.values() if r is not None]
+    return {
+        "r": _pearson(x.flatten(), y.flatten()),
+        "mad": float((x - y).abs().mean()),
+        "top2": sum(top) / len(top),
+        "per_layer_r": per_layer,
+        "per_layer_r_mean": sum(defined) / len(defined) if defined else None,
+    }
 
 
 def eval_texts(task, examples: Sequence[Example], prompt_format: PromptFormat, tokenizer) -> list[str]:
