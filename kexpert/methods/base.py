@@ -7,6 +7,7 @@ The pipeline evaluates every method with the same evaluator.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class MethodContext:
         kshot: K-shot examples (D_K).
         kshot_items: The K-shot as SFT items.
         seed: Training seed.
+        data_seed: Seed of the K-shot draw; a method's own random choices (the random LoRA, the router init)
+            follow it through :func:`draw_seed`.
         optim: ``conf/optim`` (optimizer and scheduler partials).
         trainer: ``conf/trainer`` (the Lightning ``Trainer`` config).
         moe: ``conf/moe`` (LoRA-MoE methods), or ``None``.
@@ -58,6 +61,7 @@ class MethodContext:
     get_selected: Callable[[], list[Instruction]]
     get_oracle: Callable[[], list[str]]
     logger: Logger | None = None
+    data_seed: int = 0
 
     def train_items(self, data: DataChoice) -> list[Instruction]:
         """D_K, or D_K followed by D_A, as the paper trains on (docs/method.md §6)."""
@@ -118,13 +122,32 @@ class Method:
         """``(model, tokenizer)`` from what :meth:`build` wrote."""
         raise NotImplementedError
 
+    def load_untrained(self, ctx: MethodContext):
+        """``(model, tokenizer)`` as training started (for the routing report of routing methods), or ``None``."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What identifies this method's artifact (part of its cache key)."""
         return {"name": self.name, "data": self.data, "cls": type(self).__name__}
 
 
-def pick_random(names: list[str], seed: int, k: int = 1) -> list[str]:
-    """``k`` distinct names drawn with ``seed`` (sorted first, so the draw does not depend on bank order)."""
+def draw_seed(seed: int, data_seed: int = 0) -> int:
+    """The seed of a method's random choices for one K-shot draw: ``seed`` itself for ``data_seed=0``.
+
+    Any other draw gets a seed hashed from ``(seed, data_seed)``, so three K-shot draws are also three random LoRAs,
+    three router inits and three LoRAHub candidate sets, while ``data_seed=0`` reproduces every earlier result.
+    """
+    if int(data_seed) == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"kexpert-draw:{int(seed)}:{int(data_seed)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def pick_random(names: list[str], seed: int, k: int = 1, data_seed: int = 0) -> list[str]:
+    """``k`` distinct names drawn with :func:`draw_seed` ``(seed, data_seed)``.
+
+    The names are sorted first, so the draw does not depend on bank order.
+    """
     if k > len(names):
         raise ConfigError(f"cannot draw {k} of {len(names)} bank entries")
-    return random.Random(seed).sample(sorted(names), k)
+    return random.Random(draw_seed(seed, data_seed)).sample(sorted(names), k)

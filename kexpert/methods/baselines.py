@@ -33,8 +33,9 @@ Pick = Literal["random", "expert_lora", "source_best", "fixed"]
 class SingleLoRAMethod(Method):
     """One bank LoRA, optionally fine-tuned further.
 
-    * ``pick=random``: a bank LoRA drawn with the training seed (the paper averages 3 draws = 3 seeds);
-      ``data=kshot`` is "Random", ``data=kshot+selected`` is "Random†".
+    * ``pick=random``: a bank LoRA drawn with :func:`~kexpert.methods.base.draw_seed` ``(seed, data_seed)``, so each
+      K-shot draw draws its own LoRA (``data_seed=0``: the training seed, as before); ``data=kshot`` is "Random",
+      ``data=kshot+selected`` is "Random†".
     * ``pick=expert_lora``: the bank's own LoRA trained on the task's train split ("Expert LoRA").
     * ``pick=source_best``: ORACLE: the bank LoRA with the best eval-split accuracy ("Source Best");
       with ``data=kshot+selected`` it is "Source Best SFT".
@@ -73,14 +74,14 @@ class SingleLoRAMethod(Method):
 
     @property
     def uses_seed(self) -> bool:
-        """Training depends on the seed, and so does ``pick=random``'s draw."""
+        """Training depends on the seed, and so does ``pick=random``'s draw (with ``data_seed``)."""
         return self.trains or self.pick == "random"
 
     def choose(self, ctx: MethodContext) -> str:
         """The bank entry this method uses."""
         bank = ctx.get_bank()
         if self.pick == "random":
-            return pick_random(bank.names(), ctx.seed)[0]
+            return pick_random(bank.names(), ctx.seed, data_seed=ctx.data_seed)[0]
         if self.pick == "expert_lora":
             entry = bank.expert_lora_for(ctx.task.name)
             if entry is None:

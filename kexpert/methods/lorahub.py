@@ -23,7 +23,7 @@ import numpy as np
 from kexpert.bank.merge import COMPOSITIONS, WeightPatcher, delta_weights, save_merged_adapter
 from kexpert.data.sft import instruction_prompt
 from kexpert.eval.scoring import score_continuations
-from kexpert.methods.base import Method, MethodContext, pick_random
+from kexpert.methods.base import Method, MethodContext, draw_seed, pick_random
 from kexpert.methods.baselines import SingleLoRAMethod
 from kexpert.models.adapter import read_peft_adapter
 from kexpert.utils.errors import ConfigError
@@ -35,6 +35,9 @@ log = get_logger(__name__)
 
 class LoRAHubMethod(Method):
     """LoRAHub over the selected experts (``candidates=selected``) or ``num_candidates`` random bank LoRAs.
+
+    The random candidates and the search's random state follow the K-shot draw
+    (:func:`~kexpert.methods.base.draw_seed` of ``seed`` and ``data_seed``; ``data_seed=0``: ``seed``, as before).
 
     Args:
         name: Method name.
@@ -103,7 +106,7 @@ class LoRAHubMethod(Method):
         if self.candidates == "selected":
             names = ctx.get_experts()
         else:
-            names = pick_random(bank.names(), ctx.seed, min(self.num_candidates, len(bank)))
+            names = pick_random(bank.names(), ctx.seed, min(self.num_candidates, len(bank)), ctx.data_seed)
         adapters = [read_peft_adapter(bank[n].path) for n in names]
         model, tok = ctx.base_spec.load()
         pf = ctx.base_spec.prompt_format
@@ -121,7 +124,7 @@ class LoRAHubMethod(Method):
 
         param = ng.p.Array(init=np.zeros(len(names))).set_bounds(*self.bounds)
         opt = ng.optimizers.registry[self.optimizer](parametrization=param, budget=self.budget)
-        opt.parametrization.random_state = np.random.RandomState(ctx.seed)
+        opt.parametrization.random_state = np.random.RandomState(draw_seed(ctx.seed, ctx.data_seed))
         history = []
         for step in range(self.budget):
             cand = opt.ask()

@@ -189,6 +189,7 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
             kshot=kshot().examples,
             kshot_items=kshot().items,
             seed=int(cfg.seed),
+            data_seed=int(cfg.data_seed),
             optim=cfg.optim,
             trainer=cfg.trainer,
             moe=cfg.get("moe"),
@@ -251,8 +252,9 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
         publish_run_dir(out_dir, log_, evaluation)
         if model is not None and method.routes and cfg.get("routing_stats", True):
             chosen = experts().chosen if method.needs_experts else None
+            untrained = functools.partial(method.load_untrained, ctx)  # the init-correlation reference
             metrics["routing"] = routing_report(
-                task, eval_task(task, cfg.eval), cfg.eval, spec, model, tok, chosen, out_dir
+                task, eval_task(task, cfg.eval), cfg.eval, spec, model, tok, chosen, out_dir, untrained
             )
         log_.wall_s["report"] = round(time.perf_counter() - t0, 3)
     metrics["stage_wall_s"] = log_.wall_s

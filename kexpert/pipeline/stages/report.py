@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from kexpert.models import routing_stats
 from kexpert.models.factory import BaseModelSpec
 from kexpert.pipeline.stages.results import Evaluation, StageLog
 from kexpert.tasks.task import Task
-from kexpert.utils.io import read_jsonl, write_jsonl
+from kexpert.utils.io import read_jsonl, write_json, write_jsonl
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -50,15 +51,35 @@ def routing_report(
     tokenizer: Any,
     expert_names: list[str] | None,
     out_dir: Path,
-) -> dict[str, str]:
-    """Fraction of tokens routed to each expert per layer over (up to 100) eval items (the paper's Fig. 7)."""
+    untrained: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Fraction of tokens routed to each expert per layer over (up to 100) eval items (the paper's Fig. 7).
+
+    With ``untrained`` (returns the same MoE as training started it, e.g. ``MoEMethod.load_untrained``), the same
+    texts are routed through that model too and :func:`~kexpert.models.routing_stats.routing_agreement` of the two
+    tables is returned under ``init_agreement`` and written to ``routing/routing_init.json``: r near 1 means the
+    routing is still the init's.
+    """
     examples = evaluated.eval_examples(limit=min(eval_cfg.limit or 100, 100), seed=eval_cfg.seed)
     texts = routing_stats.eval_texts(task, examples, spec.prompt_format, tokenizer)
-    stats = routing_stats.collect_routing_stats(
-        model, tokenizer, texts, expert_names=expert_names, batch_size=eval_cfg.batch_size, progress=eval_cfg.progress
-    )
+
+    def collect(m: Any) -> routing_stats.RoutingStats:
+        return routing_stats.collect_routing_stats(
+            m, tokenizer, texts, expert_names=expert_names, batch_size=eval_cfg.batch_size, progress=eval_cfg.progress
+        )
+
+    stats = collect(model)
     paths = routing_stats.write_routing_report(stats, out_dir / "routing", title=f"{task.name} routing")
-    return {k: str(v) for k, v in paths.items()}
+    out: dict[str, Any] = {k: str(v) for k, v in paths.items()}
+    built = untrained() if untrained is not None else None
+    if built is not None:
+        init = collect(built[0])
+        del built
+        agreement = routing_stats.routing_agreement(stats, init)
+        path = out_dir / "routing" / "routing_init.json"
+        write_json(path, {"agreement": agreement, "untrained": {"layers": init.layers, "fractions": init.fractions}})
+        out.update(init_agreement=agreement, init_json=str(path))
+    return out
 
 
 def publish_run_dir(out_dir: Path, stages: StageLog, evaluation: Evaluation | None) -> None:
@@ -85,6 +106,10 @@ def log_metrics(loggers: list, metrics: dict[str, Any]) -> None:
             flat[f"test/{metrics['task']}_{k}"] = v
     for k, v in (metrics.get("stage_wall_s") or {}).items():
         flat[f"time/{k}_s"] = v
+    agreement = (metrics.get("routing") or {}).get("init_agreement") or {}
+    for k in ("r", "mad", "top2", "per_layer_r_mean"):
+        if agreement.get(k) is not None:
+            flat[f"routing/init_{k}"] = agreement[k]
     for lg in loggers:
         try:
             lg.log_metrics(flat)
