@@ -54,6 +54,10 @@ def test_multirun_runs_every_stage_and_writes_outputs(sweep):
         assert len(m["experts"]) == 2
         assert (d / "predictions.jsonl").exists() and (d / ".hydra" / "config.yaml").exists()
         assert (d / "routing" / "routing_heatmap.png").exists()
+        assert (d / "routing" / "routing_init.json").exists()  # routing of the same-seed untrained MoE
+        assert set(m["routing"]["init_agreement"]) >= {"r", "mad", "top2", "per_layer_r", "per_layer_r_mean"}
+        assert m["method_info"]["router_seed"] == 0  # seed=0, data_seed=0: the router init as before
+        assert {"drift/router", "router_lr_mult"} <= set(m["method_info"]["instruments"])
         for stage in ("kshot", "experts", "data", "train", "eval"):
             assert (d / "artifacts" / stage).resolve().is_dir()
         assert set(m["per_expert"]["correct"]) == set(m["experts"])
