@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -108,22 +110,24 @@ def _popen_eval(tmp_path, name, *overrides, data_dir, task="arc_e"):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_bad_adapter_drills_are_one_line_exit_2(tmp_path, fixture_data_dir):
+def _adapter_drill(tmp_path, fixture_data_dir, names, allowed=False):
     """The bad-adapter corpus (generated here) through eval.py adapter=: exit 2, one line, no traceback, no output."""
     from kexpert.bank.testing import make_bad_adapters
     from kexpert.models.factory import tiny_spec
 
     corpus = tmp_path / "corpus"
-    expected = make_bad_adapters(tiny_spec(), corpus)
+    expected = {n: f for n, f in make_bad_adapters(tiny_spec(), corpus).items() if n in names}
     runs = {name: (f"adapter={corpus / name}",) for name in expected}
-    runs["other_base_allowed"] = (f"adapter={corpus / 'other_base'}", "allow_base_mismatch=true")
+    if allowed:
+        runs["other_base_allowed"] = (f"adapter={corpus / 'other_base'}", "allow_base_mismatch=true")
     procs = {name: _popen_eval(tmp_path, name, *ov, data_dir=fixture_data_dir) for name, ov in runs.items()}
     results = {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
-    for name in ("good", "other_base_allowed"):
+    for name in ["good"] + (["other_base_allowed"] if allowed else []):
         rc, out, err = results[name]
         assert rc == 0, err[-2000:]
         assert json.loads((tmp_path / "runs" / name / "metrics.json").read_text())["eval"]["n"] == 2
-    assert "using it anyway (allow_base_mismatch)" in results["other_base_allowed"][1]
+    if allowed:
+        assert "using it anyway (allow_base_mismatch)" in results["other_base_allowed"][1]
     for name, fragment in expected.items():
         if name == "good":
             continue
@@ -134,6 +138,18 @@ def test_bad_adapter_drills_are_one_line_exit_2(tmp_path, fixture_data_dir):
         assert "Traceback" not in out + err
         assert not (tmp_path / "runs" / name / "metrics.json").exists()
     assert not (corpus / "PWNED").exists()  # the pickle-only adapter's payload never ran
+
+
+def test_bad_adapter_drills_are_one_line_exit_2(tmp_path, fixture_data_dir):
+    """The failures that ended in a traceback or silently scored: pickle-only, truncated, NaN (and a good control)."""
+    _adapter_drill(tmp_path, fixture_data_dir, {"good", "pickle_only", "truncated", "nan_weights"})
+
+
+@pytest.mark.slow
+def test_whole_bad_adapter_corpus_is_one_line_exit_2(tmp_path, fixture_data_dir):
+    """Every member of the corpus, and allow_base_mismatch=true turning the other-base error into a warning."""
+    names = {"good", "wrong_shape", "pickle_only", "missing_config", "truncated", "nan_weights", "missing_targets"}
+    _adapter_drill(tmp_path, fixture_data_dir, names | {"other_base"}, allowed=True)
 
 
 def test_empty_split_and_empty_limit_are_errors(tmp_path, fixture_data_dir):
@@ -153,8 +169,6 @@ def test_empty_split_and_empty_limit_are_errors(tmp_path, fixture_data_dir):
 
 def test_data_errors_come_before_any_model_loads(compose_cfg, tmp_path, fixture_data_dir, monkeypatch):
     import shutil
-
-    import pytest
 
     from kexpert.models.factory import BaseModelSpec
     from kexpert.pipeline import evaluate
