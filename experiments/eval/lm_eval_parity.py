@@ -7,14 +7,17 @@ the same target delimiter). Then both engines score it:
 
 * kexpert: :func:`kexpert.eval.evaluator.option_logliks` (what ``evaluate`` ranks) or, in generate mode,
   :func:`kexpert.eval.evaluator.evaluate`;
-* lm-eval: ``lm_eval.simple_evaluate`` with its ``HFLM`` loading the same model dir (``pretrained=<dir>``).
+* lm-eval: ``lm_eval.simple_evaluate`` with its ``HFLM`` loading the same model dir (``pretrained=<dir>``), or,
+  with ``--expert <artifact>``, with the ``kexpert`` model class (:mod:`kexpert.integrations.lm_eval`) on a trained
+  expert, against kexpert's scorer on the same artifact.
 
 Per item it compares the choice (``acc``'s and ``acc_norm``'s pick) and every option's log-likelihood, or, in
 generate mode, the generation and the answer kexpert extracts from it. Needs ``pip install "kexpert[lm-eval]"``.
 
-    python experiments/eval/lm_eval_parity.py --task arc_e --limit 200 --out experiments/eval/results/parity
+    python experiments/eval/lm_eval_parity.py --task arc_e --limit 200 --out outputs/lm_eval_parity
     python experiments/eval/lm_eval_parity.py --task gsm8k --limit 50 --mode generate --out ...
-    python experiments/eval/lm_eval_parity.py --table experiments/eval/results/parity/*.json
+    python experiments/eval/lm_eval_parity.py --task arc_e --limit 150 --expert outputs/multiruns/demo/<date>/2_*rocket
+    python experiments/eval/lm_eval_parity.py --table outputs/lm_eval_parity/*.json
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
 
 from kexpert.eval.evaluator import evaluate, option_logliks
 from kexpert.eval.metrics import pick_options
+from kexpert.integrations.lm_eval import KexpertLM, load_artifact
 from kexpert.models.factory import BaseModelSpec
 from kexpert.utils.instantiate import instantiate
 from kexpert.utils.io import write_json, write_jsonl
@@ -137,14 +144,17 @@ def write_lm_eval_task(task, spec, examples, mode: str, out: Path) -> str:
     return name
 
 
-def run_lm_eval(name: str, tasks_dir: Path, model_dir: str, batch_size: int) -> list[dict[str, Any]]:
-    """lm-eval's HF model on the written task; its logged samples, in item order."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+def run_lm_eval(name: str, tasks_dir: Path, model_dir: str | None, batch_size: int, expert=None, base=None):
+    """lm-eval on the written task; its logged samples, in item order.
 
-    lm = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch_size)
+    The model is lm-eval's ``HFLM`` on ``model_dir``, or, with ``expert``, the ``kexpert`` model class of
+    :mod:`kexpert.integrations.lm_eval` on that artifact.
+    """
     tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    if expert is not None:
+        lm = KexpertLM(expert=str(expert), base=base, device="cpu", batch_size=batch_size)
+    else:
+        lm = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch_size)
     res = simple_evaluate(model=lm, tasks=[name], task_manager=tm, log_samples=True, bootstrap_iters=0)
     return sorted(res["samples"][name], key=lambda s: s["doc_id"])
 
@@ -210,11 +220,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Score ``args.task`` with both engines and compare (written to ``<out>/<task>_<mode>.json``)."""
     task, spec = load_task_and_spec(args.task, args.base_model, args.data_dir, args.model_dir)
     mode = args.mode or task.eval_mode
-    model_dir = model_dir_of(spec)
+    model_dir = model_dir_of(spec) if args.expert is None else None
     examples = task.eval_examples(limit=args.limit, seed=args.seed)
     out = Path(args.out)
     name = write_lm_eval_task(task, spec, examples, mode, out)
-    model, tok = spec.load()
+    if args.expert is None:
+        model, tok = spec.load()
+    else:
+        model, tok, _ = load_artifact(args.expert, base=args.expert_base, device="cpu")
     t0 = time.perf_counter()
     if mode == "loglikelihood":
         kx: Any = option_logliks(task, model, tok, spec.prompt_format, examples, batch_size=args.batch_size)
@@ -223,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_k = time.perf_counter() - t0
     del model
     t0 = time.perf_counter()
-    lm = run_lm_eval(name, out / "tasks", model_dir, args.batch_size)
+    lm = run_lm_eval(name, out / "tasks", model_dir, args.batch_size, args.expert, args.expert_base)
     t_l = time.perf_counter() - t0
     if [s["doc"]["id"] for s in lm] != [ex.id for ex in examples]:
         raise SystemExit("lm-eval scored other items than kexpert (ids differ)")
@@ -235,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "limit": args.limit,
         "seed": args.seed,
         "model_dir": model_dir,
+        "expert": None if args.expert is None else str(args.expert),
         "kexpert_s": round(t_k, 1),
         "lm_eval_s": round(t_l, 1),
     }
@@ -299,6 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=["loglikelihood", "generate"], default=None, help="default: the task's")
     ap.add_argument("--base-model", default="smollm2_135m", help="conf/base_model name (prompt format, weights)")
     ap.add_argument("--model-dir", default=None, help="a local HF model dir instead of the base model's weights")
+    ap.add_argument(
+        "--expert",
+        default=None,
+        help="a kexpert artifact (run dir, LoRA-MoE, LoRA): lm-eval's side is "
+        "the 'kexpert' model class, kexpert's side load_artifact; the prompt format is --base-model's",
+    )
+    ap.add_argument("--expert-base", default=None, help="base= of the kexpert model class (a PEFT LoRA's base)")
     ap.add_argument("--data-dir", default=None, help="paths.data_dir (default: KEXPERT_DATA_DIR)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="outputs/lm_eval_parity", help="tasks/ (YAML + JSONL) and <task>_<mode>.json")

@@ -14,7 +14,10 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
+from kexpert.bank.testing import make_random_bank  # noqa: E402
 from kexpert.models.factory import tiny_spec  # noqa: E402
+from kexpert.models.inject import LoRAMoESpec, inject_lora_moe  # noqa: E402
+from kexpert.models.moe_checkpoint import save_moe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SCRIPTS = Path(__file__).resolve().parents[2] / "experiments" / "eval"
@@ -66,6 +69,21 @@ def test_generate_parity(parity, model_dir, fixture_data_dir, tmp_path):
     s = res["summary"]
     assert s["n"] == 4 and s["generation_agreement"] == 1.0 and s["answer_agreement"] == 1.0
     assert all(i["kexpert"].strip() for i in res["items"])  # something was generated
+
+
+def test_parity_of_a_trained_expert_through_the_integration(parity, model_dir, fixture_data_dir, tmp_path):
+    spec = tiny_spec()
+    bank = make_random_bank(spec, tmp_path / "bank", n=2, rank=4)
+    model, _ = spec.load()
+    moe = LoRAMoESpec(num_experts=2, top_k=1, lora_dropout=0.0)
+    injection = inject_lora_moe(model, moe, bank.entries)
+    ckpt = save_moe(model, tmp_path / "moe", base_spec=spec, spec=moe, injection=injection)
+    out = tmp_path / "out"
+    res = run(parity, model_dir, fixture_data_dir, out, "--task", "boolq", "--expert", str(ckpt))
+    s = res["summary"]
+    assert s["expert"] == str(ckpt) and s["model_dir"] is None
+    assert s["choice_agreement"] == 1.0 and s["acc_norm_choice_agreement"] == 1.0
+    assert s["max_abs_loglik_diff"] <= parity.TOL
 
 
 def test_table_renders_each_result(parity, tmp_path):
