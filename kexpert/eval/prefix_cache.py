@@ -36,7 +36,7 @@ WINDOW_KV_TOKENS_PER_SEQUENCE = 256
 """Prefix KV tokens held at once, per ``batch_size``: bounds the memory of the prefix caches awaiting options."""
 WINDOW_GROUPS_PER_SEQUENCE = 16
 """Items per window, per ``batch_size``: the options of a window are sorted and batched together."""
-FORWARD_OVERHEAD_TOKENS = 32
+FORWARD_OVERHEAD_TOKENS = 16
 """What one more forward costs, in padded tokens, when batches are cut (:func:`partition`)."""
 
 
@@ -218,14 +218,47 @@ def _windows(groups: list[PrefixGroup], batch_size: int) -> list[list[int]]:
     return [w for w in windows if w]
 
 
+def _window_head(groups: list[PrefixGroup], window: list[int]) -> int:
+    """How many leading tokens every prefix of ``window`` shares, when one forward of them is worth it.
+
+    Few-shot demonstrations, a system prompt or just ``Question:`` start every context alike: their KV is
+    computed once per window. Every group keeps the tokens its prefix pass must score, and one own token more.
+    """
+    if len(window) < 2 or len({groups[g].adapter for g in window}) > 1:
+        return 0
+    prefixes = [groups[g].prefix for g in window]
+    n = min(common_prefix_length(prefixes), *(len(groups[g].prefix) - groups[g].n_common - 1 for g in window))
+    return n if n * (len(window) - 1) > FORWARD_OVERHEAD_TOKENS else 0
+
+
+def _head_pass(lm: CausalLM, group: PrefixGroup, head: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stacked KV ``(layers, 1, kv_heads, head, head_dim)`` of the window's common leading tokens."""
+    ids = torch.tensor([group.prefix[:head]], device=device)
+    adapters = [group.adapter] if group.adapter is not None else None
+    _, cache = lm(
+        ids, torch.ones_like(ids), torch.arange(head, device=device)[None], 1, want_cache=True, adapters=adapters
+    )
+    return lm.kv(cache)
+
+
 @dataclass
 class _Prefix:
-    """Where a group's prefix KV lives after its prefix pass: ``keys[:, row, :, -length:]``."""
+    """Where a group's prefix KV lives after its prefix pass.
+
+    The window's common tokens ``keys[:, row, :, :head]``, then the group's own ``keys[:, row, :, -own:]``
+    (padding may lie between them).
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
     row: int
-    length: int
+    head: int
+    own: int
+
+    @property
+    def length(self) -> int:
+        """Prefix tokens in all."""
+        return self.head + self.own
 
 
 @torch.no_grad()
@@ -253,8 +286,10 @@ def score_groups(
         partial: dict[tuple[int, int], tuple[float, bool]] = {}
         kv: dict[int, _Prefix] = {}
         by_prefix = sorted(window, key=lambda g: -len(groups[g].prefix))
-        for start, end in partition([len(groups[g].prefix) for g in by_prefix], batch_size):
-            _prefix_pass(lm, groups, by_prefix[start:end], pad_id, device, partial, kv)
+        head = _window_head(groups, window)
+        head_kv = _head_pass(lm, groups[window[0]], head, device) if head else None
+        for start, end in partition([len(groups[g].prefix) - head for g in by_prefix], batch_size):
+            _prefix_pass(lm, groups, by_prefix[start:end], head, head_kv, pad_id, device, partial, kv)
         rows = [(g, m) for g in window for m, s in enumerate(groups[g].suffixes) if len(s) > 1]
         rows.sort(key=lambda r: (-len(groups[r[0]].suffixes[r[1]]), -len(groups[r[0]].prefix)))
         widths = [len(groups[g].suffixes[m]) - 1 for g, m in rows]
@@ -270,15 +305,23 @@ def score_groups(
             on_progress(sum(len(groups[g].members) for g in window))
 
 
-def _prefix_pass(lm: CausalLM, groups, batch: list[int], pad_id, device, partial, kv) -> None:
-    """Forward the prefixes of ``batch``; score the common tokens and every member's first own token."""
+def _prefix_pass(lm: CausalLM, groups, batch: list[int], head, head_kv, pad_id, device, partial, kv) -> None:
+    """Forward the prefixes of ``batch``; score the common option tokens and each member's first own token.
+
+    The window's ``head`` common tokens are not forwarded again: their KV ``head_kv`` is the cache they follow.
+    """
     gs = [groups[g] for g in batch]
-    ids, mask = left_pad([grp.prefix for grp in gs], pad_id, device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, own = left_pad([grp.prefix[head:] for grp in gs], pad_id, device)
+    position_ids = head + (own.cumsum(-1) - 1).clamp(min=0)
+    mask, cache = own, None
+    if head:
+        b = len(gs)
+        mask = torch.cat([own.new_ones((b, head)), own], dim=1)
+        cache = lm.make_cache(head_kv[0].expand(-1, b, -1, -1, -1), head_kv[1].expand(-1, b, -1, -1, -1))
     keep = max(grp.n_common for grp in gs) + 1
     want_cache = any(grp.open for grp in gs)
     adapters = [grp.adapter for grp in gs] if gs[0].adapter is not None else None
-    logits, cache = lm(ids, mask, position_ids, keep, want_cache=want_cache, adapters=adapters)
+    logits, cache = lm(ids, mask, position_ids, keep, cache=cache, want_cache=want_cache, adapters=adapters)
     for row, (g, grp) in enumerate(zip(batch, gs)):
         common_lp, common_greedy = 0.0, True
         if grp.n_common:
@@ -293,7 +336,7 @@ def _prefix_pass(lm: CausalLM, groups, batch: list[int], pad_id, device, partial
         keys, values = lm.kv(cache)
         for row, (g, grp) in enumerate(zip(batch, gs)):
             if grp.open:
-                kv[g] = _Prefix(keys, values, row, len(grp.prefix))
+                kv[g] = _Prefix(keys, values, row, head, len(grp.prefix) - head)
 
 
 def _option_pass(lm: CausalLM, groups, rows: list[tuple[int, int]], pad_id, device, partial, kv) -> None:
@@ -310,8 +353,11 @@ def _option_pass(lm: CausalLM, groups, rows: list[tuple[int, int]], pad_id, devi
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
     for i, (p, s) in enumerate(zip(prefixes, suffixes)):
-        keys[:, i, :, past - p.length :] = p.keys[:, p.row, :, -p.length :]
-        values[:, i, :, past - p.length :] = p.values[:, p.row, :, -p.length :]
+        start = past - p.length
+        keys[:, i, :, start : start + p.head] = p.keys[:, p.row, :, : p.head]
+        values[:, i, :, start : start + p.head] = p.values[:, p.row, :, : p.head]
+        keys[:, i, :, past - p.own :] = p.keys[:, p.row, :, -p.own :]
+        values[:, i, :, past - p.own :] = p.values[:, p.row, :, -p.own :]
         mask[i, past - p.length : past + len(s) - 1] = 1
         ids[i, : len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
         position_ids[i] = torch.arange(p.length, p.length + width)

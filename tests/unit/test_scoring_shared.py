@@ -84,6 +84,32 @@ def test_small_windows_and_option_batches(tiny_model, tiny_tokenizer, monkeypatc
     )
 
 
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_common_leading_tokens_of_all_contexts_are_forwarded_once(tiny_model, tiny_tokenizer, monkeypatch, batch_size):
+    demo = "Question: 2 + 2?\nAnswer: 4\n\n"  # a few-shot demonstration every context starts with
+    items = [(demo + ctx, opts) for ctx, opts in ITEMS]
+    heads = []
+    window_head = prefix_cache._window_head
+    monkeypatch.setattr(prefix_cache, "_window_head", lambda *a: heads.append(window_head(*a)) or heads[-1])
+    pairs = item_pairs(items)
+    shared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size)
+    assert heads and heads[0] == len(demo)  # byte tokens: one per character
+    unshared = score_continuations(tiny_model, tiny_tokenizer, pairs, share_prefix=False)
+    assert_same(shared, unshared)
+    assert choices(shared, items) == choices(unshared, items)
+
+
+def test_window_head_needs_one_adapter_and_leaves_each_group_its_scored_tokens(tiny_tokenizer):
+    demo = "Demonstration shared by every item. " * 2
+    pairs = [(demo + "A?", " yes"), (demo + "A?", " no"), (demo + "B?", " yes"), (demo + "B?", " no")]
+    encoded = [encode_pair(tiny_tokenizer, c, x) for c, x in pairs]
+    groups, _ = plan_groups(encoded)
+    assert prefix_cache._window_head(groups, [0, 1]) == len(demo)
+    assert prefix_cache._window_head(groups, [0]) == 0
+    groups, _ = plan_groups(encoded, adapter_names=["one", "one", "two", "two"])
+    assert prefix_cache._window_head(groups, [0, 1]) == 0
+
+
 def test_unshareable_pairs_fall_back_and_mix(tiny_model, tiny_tokenizer):
     # a lone pair, and options whose contexts truncate differently
     pairs = [("alone", " here"), *item_pairs(ITEMS[:2])]
