@@ -116,15 +116,17 @@ def bench_task(name: str, items, engines: dict, chunk: int, clock: StageClock) -
     chunks = chunk_items(items, chunk)
     names = list(engines)
     seconds = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
     lls: dict[str, list[list[float]]] = {n: [] for n in names}
     clock.stats = {}
     for c, chunk_ in enumerate(chunks):
         pairs = [p for it in chunk_ for p in it]
         for n in names if c % 2 == 0 else names[::-1]:
             clock.engine = n
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             flat = engines[n](pairs)
             seconds[n] += time.perf_counter() - t0
+            cpu[n] += time.process_time() - c0
             pos = 0
             for it in chunk_:
                 lls[n].append(flat[pos : pos + len(it)])
@@ -138,6 +140,7 @@ def bench_task(name: str, items, engines: dict, chunk: int, clock: StageClock) -
         "requests": sum(len(it) for it in items),
         "chunks": len(chunks),
         "seconds": {n: round(s, 3) for n, s in seconds.items()},
+        "cpu_seconds": {n: round(s, 3) for n, s in cpu.items()},
         "load_avg_start": [round(x, 2) for x in load_start],
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "breakdown": {
@@ -155,6 +158,7 @@ def bench_task(name: str, items, engines: dict, chunk: int, clock: StageClock) -
         if n == "lm-eval":
             continue
         res[f"ratio_{n}"] = round(seconds[n] / seconds["lm-eval"], 3)
+        res[f"cpu_ratio_{n}"] = round(cpu[n] / cpu["lm-eval"], 3)
         res[f"agree_{n}"] = sum(a == b for a, b in zip(picks[n], picks["lm-eval"])) / len(items)
         res[f"max_dll_{n}"] = max(abs(a - b) for x, y in zip(lls[n], ref) for a, b in zip(x, y))
     if "kexpert-unshared" in lls:
@@ -171,14 +175,16 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
     """The results table with the conditions it was measured under."""
     extra = [n for n in ("kexpert-unshared",) if any(f"ratio_{n}" in r for r in results)]
     head = (
-        "| task | items | requests | kexpert s | lm-eval s | ratio kexpert/lm-eval | choice agreement | max abs dLL |"
+        "| task | items | requests | kexpert s | lm-eval s | ratio kexpert/lm-eval | CPU-time ratio "
+        "| choice agreement | max abs dLL |"
     )
     head += "".join(f" ratio {n}/lm-eval |" for n in extra) + " load avg start -> end |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         row = (
             f"| {r['task']} | {r['items']} | {r['requests']} | {r['seconds']['kexpert']:.1f} | "
-            f"{r['seconds']['lm-eval']:.1f} | **{r['ratio_kexpert']:.3f}** | {r['agree_kexpert']:.1%} | "
+            f"{r['seconds']['lm-eval']:.1f} | **{r['ratio_kexpert']:.3f}** | {r['cpu_ratio_kexpert']:.3f} | "
+            f"{r['agree_kexpert']:.1%} | "
             f"{r['max_dll_kexpert']:.1e} |"
         )
         row += "".join(f" {r[f'ratio_{n}']:.3f} |" for n in extra)
@@ -208,7 +214,8 @@ Model {meta["model"]} ({meta["dtype"]}, {meta["device"]}), torch threads {meta["
 {body}
 
 Ratio = kexpert seconds / lm-eval seconds on the same requests (below 1: kexpert is faster; 0.67 = 1.5x lm-eval's
-throughput). Choice agreement = items whose highest-log-likelihood option is the same for both engines.
+throughput), wall clock; CPU-time ratio = the same with the process's CPU time (one torch thread), which a busy
+machine disturbs less. Choice agreement = items whose highest-log-likelihood option is the same for both engines.
 Load avg = the 1-minute load average (`os.getloadavg()`) when the task started and ended: absolute seconds
 depend on what else ran on the machine; the ratios compare the engines within one process, alternated chunk by
 chunk, so both see the same load.
