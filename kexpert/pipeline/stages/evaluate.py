@@ -21,6 +21,9 @@ from kexpert.utils.io import read_json, write_json, write_jsonl
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
+METRICS_VERSION = 2
+"""Bumped whenever a metric's definition changes (2: ``acc_norm`` over characters without the leading space, as
+lm-eval defines it; eval artifacts cached under another version are recomputed)."""
 
 
 def eval_task(task: Task, eval_cfg: DictConfig) -> Task:
@@ -93,7 +96,13 @@ def evaluate_model(
     if ev_node.get("split") is None:
         ev_node.pop("split", None)  # no override: the same key as before eval.split existed
     per_expert = bool(eval_cfg.get("per_expert", False))
-    inputs = {"train": trained.artifact.key, "task": node(task_cfg), "eval": ev_node, "per_expert": per_expert}
+    inputs = {
+        "train": trained.artifact.key,
+        "task": node(task_cfg),
+        "eval": ev_node,
+        "per_expert": per_expert,
+        "metrics": METRICS_VERSION,  # a cached eval.json computed with other metric definitions is not reused
+    }
     kwargs = evaluator_kwargs(eval_cfg)
 
     def build(d: Path) -> None:
