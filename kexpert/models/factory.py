@@ -121,7 +121,10 @@ class BaseModelSpec:
         lora_target_modules: Default LoRA targets for this architecture.
         prompt_format: How prompts are wrapped (see :class:`PromptFormat`).
         cache_dir: Where converted models are cached.
-        tiny: Keyword arguments of :func:`kexpert.models.tiny.build_tiny_llama` for a random in-memory model.
+        tiny: Keyword arguments of :func:`kexpert.models.tiny.build_tiny_llama` for a random in-memory model; with
+            ``arch`` (``llama2_7b``, ``mistral_7b``), of :func:`kexpert.models.tiny.build_random_model`: that real
+            architecture with random weights and the given fields overridden (``num_hidden_layers: 2`` for the
+            7B-shaped rehearsal), the byte tokenizer padded to its vocabulary, cast to ``dtype``.
     """
 
     name: str
@@ -170,6 +173,8 @@ class BaseModelSpec:
         Args:
             tokenizer_only: Skip the model (returns ``(None, tokenizer)``).
         """
+        if self.tiny is not None and self.tiny.get("arch") is not None:
+            return self._load_random_arch(tokenizer_only)
         if self.tiny is not None:
             tok = tiny_mod.build_byte_tokenizer()
             if tokenizer_only:
@@ -179,6 +184,21 @@ class BaseModelSpec:
             return model.to(self.torch_device()), tok
         source, kwargs = self.resolve_source()
         return self._from_pretrained(source, kwargs, tokenizer_only)
+
+    def _load_random_arch(self, tokenizer_only: bool):
+        """A real architecture, random weights (``tiny: {arch: ..., <overrides>}``), the padded byte tokenizer."""
+        kwargs = dict(self.tiny or {})
+        arch = kwargs.pop("arch")
+        if arch not in tiny_mod.ARCHITECTURES:
+            raise ConfigError(f"base_model.tiny.arch: expected one of {sorted(tiny_mod.ARCHITECTURES)}, got {arch!r}")
+        vocab = int(kwargs.get("vocab_size", tiny_mod.ARCHITECTURES[arch]["vocab_size"]))
+        tok = tiny_mod.build_byte_tokenizer(vocab_size=vocab)
+        if tokenizer_only:
+            return None, tok
+        if self.attn_implementation:
+            kwargs.setdefault("attn_implementation", self.attn_implementation)
+        model = tiny_mod.build_random_model(arch, **kwargs)
+        return model.to(device=self.torch_device(), dtype=resolve_dtype(self.dtype)), tok
 
     def resolve_source(self) -> tuple[str, dict[str, Any]]:
         """Where the weights load from: ``(path or hub id, extra from_pretrained kwargs)`` (hub, cache or GGUF)."""
