@@ -11,7 +11,7 @@ DEMO_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/multiruns/demo/$(DEMO_STAMP)
 
 # test-slow/test-all: see below
-.PHONY: help venv demo demo-eval bank bank-card select-data report rebuild-tables rehearse-paper test test-slow test-all lint format clean clean-outputs
+.PHONY: help venv demo demo-eval bank bank-card select-data report rebuild-tables rehearse-paper plan-paper test test-slow test-all lint format clean clean-outputs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ rebuild-tables: venv ## check experiments/ archives (sha256) and rebuild the com
 
 rehearse-paper: venv ## every stage of experiment=paper_7b on 2-layer LLaMA-2/Mistral-7B-shaped random models, CPU (~35 min)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/rehearse_paper.py $(if $(REHEARSE_DIR),--out $(REHEARSE_DIR))
+
+plan-paper: venv ## estimated params and peak GPU memory per stage of experiment=paper_7b (PLAN_ARGS="trainer=fsdp ...")
+	$(PY) -m kexpert.plan experiment=paper_7b task=arc_c gpu_mem_gb=$${GPU_MEM_GB:-80} $(PLAN_ARGS)
 
 test: venv ## the test suite (offline, CPU, no slow tests)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
