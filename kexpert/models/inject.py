@@ -310,15 +310,26 @@ def moe_layers(model: nn.Module) -> dict[str, LoRAMoELinear]:
     return {p: m for p, m in model.named_modules() if isinstance(m, LoRAMoELinear)}
 
 
+WRAPPER_NAMES = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
+"""Path segments FSDP and activation checkpointing insert (absent from an unwrapped model's state dict)."""
+
+
 def moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The MoE's own tensors (routers, experts, scalings, ranks), keyed as in ``model.state_dict()``."""
-    prefixes = [f"{p}." for p in moe_layers(model)]
+    """The MoE's own tensors (routers, experts, scalings, ranks), keyed as in ``model.state_dict()``.
+
+    Read from the layers themselves, not through ``model.state_dict()``: under FSDP that call is a collective,
+    and a rank-zero writer would wait for the other ranks forever (they gather the weights with
+    :func:`kexpert.utils.strategies.full_weights_on_rank_zero` instead). Wrapper segments leave the keys.
+    """
     out = {}
-    for key, value in model.state_dict().items():
-        for pre in prefixes:
-            if key.startswith(pre) and not key.startswith(pre + "base."):
-                out[key] = value
-                break
+    for path, layer in moe_layers(model).items():
+        pre = ".".join(s for s in path.split(".") if s not in WRAPPER_NAMES)
+        e = layer.experts
+        out[f"{pre}.experts.lora_A"] = e.lora_A.detach()
+        out[f"{pre}.experts.lora_B"] = e.lora_B.detach()
+        out[f"{pre}.experts.scaling"] = e.scaling
+        out[f"{pre}.experts.ranks"] = e.ranks
+        out[f"{pre}.router.gate.weight"] = layer.router.gate.weight.detach()
     return out
 
 

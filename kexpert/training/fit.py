@@ -29,6 +29,7 @@ from kexpert.training.resume import AtomicCheckpointIO, RNGStateCallback, resume
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.instantiate import instantiate
 from kexpert.utils.logging import get_logger
+from kexpert.utils.strategies import full_weights_on_rank_zero
 
 log = get_logger(__name__)
 
@@ -217,7 +218,8 @@ def fit(
     if require_finite_loss and not result.finite:
         raise DataError(f"{label}: training produced no finite loss")
     if save is not None:
-        if trainer.is_global_zero:  # one writer under data parallelism
-            save(result)
+        with full_weights_on_rank_zero(trainer.strategy):  # FSDP / ZeRO-3: every rank joins the gather
+            if trainer.is_global_zero:  # one writer under data parallelism
+                save(result)
         trainer.strategy.barrier()
     return result
