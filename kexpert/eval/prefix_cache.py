@@ -370,12 +370,13 @@ def _option_pass(lm: CausalLM, groups, rows: list[tuple[int, int]], pad_id, devi
         cache=lm.make_cache(keys, values),
         adapters=adapters,
     )  # (n, width, vocab): position t predicts suffix token t + 1
-    lengths = [len(s) - 1 for s in suffixes]
-    sel = torch.cat([torch.arange(k) + i * width for i, k in enumerate(lengths)]).to(device)
-    targets = torch.tensor([t for s in suffixes for t in s[1:]], device=device)
-    lp, hit = _token_scores(logits.reshape(n * width, -1)[sel], targets)
-    sums = torch.stack([x.sum() for x in lp.split(lengths)]).tolist()
-    greedy = torch.stack([x.all() for x in hit.split(lengths)]).tolist()
+    targets = torch.zeros((n, width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        targets[i, : len(s) - 1] = torch.tensor(s[1:], dtype=torch.long)
+    targets, real = targets.to(device), mask[:, past:].bool().to(device)
+    lp, hit = _token_scores(logits.reshape(n * width, -1), targets.reshape(-1))  # padding scored, then dropped
+    sums = lp.reshape(n, width).masked_fill(~real, 0.0).sum(-1).tolist()
+    greedy = (hit.reshape(n, width) | ~real).all(-1).tolist()
     for (g, m), lp_row, hit_row in zip(rows, sums, greedy):
         prev_lp, prev_greedy = partial[(g, m)]
         partial[(g, m)] = (prev_lp + lp_row, prev_greedy and hit_row)
