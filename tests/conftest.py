@@ -76,3 +76,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def save_random_loras(root: Path, vocab_size: int, ranks, seed: int) -> list[tuple[str, str]]:
+    """Random PEFT q,v LoRAs (both factors non-zero) on fresh tiny models: ``[(name, dir), ...]`` named e0, e1...
+
+    Entry ``i`` is drawn with ``torch.manual_seed(seed + i)``; shared by the MoE training and resume tests.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from kexpert.models.tiny import build_tiny_llama
+
+    out = []
+    for i, rank in enumerate(ranks):
+        torch.manual_seed(seed + i)
+        pm = get_peft_model(
+            build_tiny_llama(vocab_size),
+            LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        )
+        pm.save_pretrained(str(root / f"e{i}"))
+        out.append((f"e{i}", str(root / f"e{i}")))
+    return out

@@ -14,6 +14,7 @@ from kexpert.models.factory import tiny_spec
 from kexpert.models.inject import moe_layers, moe_state_dict
 from kexpert.models.moe_checkpoint import load_expert
 from kexpert.training.train_moe import train_moe
+from tests.conftest import save_random_loras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,21 +38,7 @@ class KillAtStep(Callback):
 
 @pytest.fixture(scope="module")
 def bank2(tmp_path_factory, tiny_tokenizer):
-    from peft import LoraConfig, get_peft_model
-
-    from kexpert.models.tiny import build_tiny_llama
-
-    root = tmp_path_factory.mktemp("bank2")
-    out = []
-    for i, rank in enumerate([4, 2]):
-        torch.manual_seed(100 + i)
-        pm = get_peft_model(
-            build_tiny_llama(len(tiny_tokenizer)),
-            LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-        )
-        pm.save_pretrained(str(root / f"e{i}"))
-        out.append((f"e{i}", str(root / f"e{i}")))
-    return out
+    return save_random_loras(tmp_path_factory.mktemp("bank2"), len(tiny_tokenizer), [4, 2], seed=100)
 
 
 @pytest.fixture()
@@ -199,6 +186,7 @@ CHILD = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
+sys.path.insert(0, os.path.dirname(os.path.dirname({tests!r})))  # the repo root: tests.conftest
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 import test_moe_train as T
