@@ -128,8 +128,9 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
     cache = StageCache(cfg.paths.cache_dir, enabled=bool(cfg.get("use_cache", True)))
     out_dir = Path(cfg.paths.output_dir)
     task = instantiate(cfg.task, key="task")
+    evaluated = eval_task(task, cfg.eval)  # the task with its eval.split override, built once
     if "eval" in stages and "train" in stages:  # an empty split or eval.limit fails here, before any model loads
-        eval_task(task, cfg.eval).eval_examples(limit=cfg.eval.limit, seed=cfg.eval.seed)
+        evaluated.eval_examples(limit=cfg.eval.limit, seed=cfg.eval.seed)
     spec = instantiate(cfg.base_model, key="base_model")
     method: Method = instantiate(cfg.method, key="method")
     data_dir, plot = cfg.paths.data_dir, bool(cfg.get("plot", True))
@@ -217,7 +218,6 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
         if "eval" in stages:
             model, tok = timed("load_model", method.load, ctx, trained.artifact.path)
             metrics["params"] = count_params(model)
-            evaluated = eval_task(task, cfg.eval)
             metrics["task_info"] = evaluated.info()
             if cfg.eval.get("split") is not None:
                 items = list(kshot().items) if method.trains or method.needs_data else []
@@ -254,7 +254,7 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
             chosen = experts().chosen if method.needs_experts else None
             untrained = functools.partial(method.load_untrained, ctx)  # the init-correlation reference
             metrics["routing"] = routing_report(
-                task, eval_task(task, cfg.eval), cfg.eval, spec, model, tok, chosen, out_dir, untrained
+                task, evaluated, cfg.eval, spec, model, tok, chosen, out_dir, untrained
             )
         log_.wall_s["report"] = round(time.perf_counter() - t0, 3)
     metrics["stage_wall_s"] = log_.wall_s
