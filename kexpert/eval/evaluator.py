@@ -56,6 +56,7 @@ def evaluate(
     sandbox_timeout_s: float = 10.0,
     progress: bool = True,
     adapter_name: str | None = None,
+    share_prefix: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``task``.
 
@@ -75,6 +76,8 @@ def evaluate(
         sandbox_timeout_s: Per-program wall-clock limit for MBPP.
         progress: Progress bars.
         adapter_name: For peft models with several adapters: score every item with this one.
+        share_prefix: Score each item's options after one shared forward of its context (``eval.share_prefix``;
+            False: one whole-sequence forward per option, the same log-likelihoods to ~1e-4).
 
     Returns:
         The :class:`EvalResult`.
@@ -87,7 +90,16 @@ def evaluate(
     start = time.perf_counter()
     if mode == "loglikelihood":
         preds, metrics = _eval_loglikelihood(
-            task, model, tokenizer, prompt_format, examples, batch_size, max_length, progress, adapter_name
+            task,
+            model,
+            tokenizer,
+            prompt_format,
+            examples,
+            batch_size,
+            max_length,
+            progress,
+            adapter_name,
+            share_prefix,
         )
     else:
         preds, metrics = _eval_generate(
@@ -122,6 +134,7 @@ def option_logliks(
     max_length: int = 2048,
     progress: bool = False,
     adapter_name: str | None = None,
+    share_prefix: bool = True,
 ) -> list[list[tuple[str, float]]]:
     """What log-likelihood mode ranks: per item, per option, the scored continuation and its log-likelihood.
 
@@ -148,6 +161,7 @@ def option_logliks(
         max_length=max_length,
         adapter_names=names,
         progress=f"{task.name} loglik" if progress else False,
+        share_prefix=share_prefix,
     )
     per_item: list[list[tuple[str, float]]] = [[] for _ in examples]
     for (_, cont), owner, sc in zip(pairs, owners, scores):
@@ -155,7 +169,9 @@ def option_logliks(
     return per_item
 
 
-def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_length, progress, adapter_name):
+def _eval_loglikelihood(
+    task, model, tokenizer, pf, examples, batch_size, max_length, progress, adapter_name, share_prefix=True
+):
     per_item = option_logliks(
         task,
         model,
@@ -166,6 +182,7 @@ def _eval_loglikelihood(task, model, tokenizer, pf, examples, batch_size, max_le
         max_length=max_length,
         progress=progress,
         adapter_name=adapter_name,
+        share_prefix=share_prefix,
     )
     preds, correct, correct_norm = [], [], []
     for ex, opts in zip(examples, per_item):

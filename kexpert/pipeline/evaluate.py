@@ -83,6 +83,7 @@ def run(cfg: DictConfig) -> EvalResult:
         max_length=ev.max_length,
         sandbox_timeout_s=ev.sandbox_timeout_s,
         progress=ev.progress,
+        share_prefix=bool(ev.get("share_prefix", True)),
     )
     adapter = cfg.get("adapter")
     metrics = {

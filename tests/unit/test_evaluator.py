@@ -104,3 +104,22 @@ def test_generate_batch_size_reaches_the_decoder(compose_cfg, tiny_model, tiny_t
     evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=2, batch_size=2, generate_batch_size=gen_bs,
              progress=False)  # fmt: skip
     assert seen["batch_size"] == want
+
+
+@pytest.mark.parametrize("name", ["arc_e", "boolq"])
+def test_share_prefix_switch_reaches_the_scorer_and_keeps_every_pick(
+    compose_cfg, tiny_model, tiny_tokenizer, name, monkeypatch
+):
+    import kexpert.eval.evaluator as evaluator_mod
+
+    seen, real = [], evaluator_mod.score_continuations
+    monkeypatch.setattr(
+        evaluator_mod, "score_continuations", lambda *a, **kw: seen.append(kw["share_prefix"]) or real(*a, **kw)
+    )
+    t = task(compose_cfg, name)
+    shared = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=4, progress=False, share_prefix=True)
+    whole = evaluate(t, tiny_model, tiny_tokenizer, PromptFormat(), limit=4, progress=False, share_prefix=False)
+    assert seen == [True, False]
+    assert [p["pred"] for p in shared.predictions] == [p["pred"] for p in whole.predictions]
+    for a, b in zip(shared.predictions, whole.predictions):
+        assert a["loglik"] == pytest.approx(b["loglik"], abs=1e-4)

@@ -63,6 +63,7 @@ def evaluator_kwargs(eval_cfg: DictConfig) -> dict[str, Any]:
         "max_length": eval_cfg.max_length,
         "sandbox_timeout_s": eval_cfg.sandbox_timeout_s,
         "progress": eval_cfg.progress,
+        "share_prefix": bool(eval_cfg.get("share_prefix", True)),
     }
 
 
