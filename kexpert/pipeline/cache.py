@@ -7,22 +7,56 @@ a crashed stage leaves nothing a later run would trust, while a re-run of the sa
 work (the MoE trainer continues from its last checkpoint there). A file lock serialises jobs that build the same
 artifact concurrently (joblib / SLURM sweeps): the second waits and reuses the first's result. A sweep over,
 say, ``moe.top_k`` hashes to the same selection keys and reuses them.
+
+Under multi-process training (Lightning DDP / FSDP / DeepSpeed, torchrun, SLURM tasks) only rank zero takes the lock
+and publishes: Lightning re-executes ``train.py`` for the other ranks while rank zero holds the ``train`` stage's
+lock inside ``trainer.fit``, so a rank that waited for that lock would wait for ever while rank zero waits for it in
+a collective. A non-zero rank (:func:`process_rank`) reuses a published artifact like any process, and otherwise
+builds into a private temporary directory (seeded with a copy of the partial work, so a resumed training starts from
+the same checkpoint on every rank) that it never publishes and that is deleted when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from kexpert.utils.io import exclusive_lock, read_json, replace_dir, sha1_of, write_json
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
 MANIFEST = "stage.json"
+# Set by Lightning's launchers (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM and LSF, in
+# every process before its process group exists; rank zero is the process where all of them are 0 or unset.
+RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process run: 0 on rank zero and in a single-process run.
+
+    Read from the launcher's environment (:data:`RANK_ENV_VARS`; the first non-zero one wins), which every rank has
+    before ``torch.distributed`` is initialised (Lightning's subprocess launcher re-executes the script with
+    ``LOCAL_RANK`` set; a second node's processes carry ``NODE_RANK``); an initialised process group's rank wins.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    for var in RANK_ENV_VARS:
+        try:
+            rank = int(os.environ.get(var) or 0)
+        except ValueError:
+            continue
+        if rank != 0:
+            return rank
+    return 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +118,9 @@ class StageCache:
         key = self.key_of(inputs)
         final = self.path(stage, key)
         work = final.parent / f".{key}.partial"
+        rank = process_rank()
+        if rank != 0:
+            return self._build_private(stage, key, work, rank, fn)
         with exclusive_lock(final.parent / f".{key}.lock"):  # a concurrent job building it: wait, then reuse it
             hit = self.lookup(stage, inputs)
             if hit is not None:
@@ -104,3 +141,24 @@ class StageCache:
             )
             replace_dir(work, final)
         return StageArtifact(stage, key, final, False, wall)
+
+    def _build_private(self, stage: str, key: str, work: Path, rank: int, fn: Callable[[Path], Any]) -> StageArtifact:
+        """Build on a non-zero rank: in a private copy of the partial work, without the lock, never published.
+
+        Args:
+            stage: Stage name.
+            key: The artifact's key.
+            work: Rank zero's ``.partial`` directory (copied when it exists: a resumed training finds the same
+                checkpoint as on rank zero).
+            rank: This process's rank (names the directory).
+            fn: Writes the artifact's files into the directory it is given.
+        """
+        work.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=f".{key}.rank{rank}.", dir=work.parent))
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        if work.is_dir():
+            shutil.copytree(work, private, dirs_exist_ok=True)
+        log.info("stage %s: rank %d builds in %s (rank zero publishes the artifact)", stage, rank, private)
+        start = time.perf_counter()
+        fn(private)
+        return StageArtifact(stage, key, private, False, time.perf_counter() - start)

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kexpert.methods.base import Method, MethodContext
-from kexpert.pipeline.cache import StageCache
+from kexpert.pipeline.cache import StageCache, process_rank
 from kexpert.pipeline.stages import (
     DATA_KEYS,
     DataSelectionConfig,
@@ -215,6 +215,9 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
         )
         trained = log_.record_result(timed("train", train_method, method, ctx, inputs, cache))
         metrics["method_info"] = {k: v for k, v in trained.info.items() if k != "objective_history"}
+        if process_rank() != 0:  # a rank > 0 of a multi-process training: rank zero evaluates and reports
+            log.info("rank %d: training done; evaluation and report are rank zero's", process_rank())
+            return metrics, {}
         if "eval" in stages:
             model, tok = timed("load_model", method.load, ctx, trained.artifact.path)
             metrics["params"] = count_params(model)
