@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,11 +207,36 @@ def _entries(spec: Any) -> list[Any]:
     raise ConfigError(f"pool spec must be a path, a mapping with 'sources', or a list; got {type(spec).__name__}")
 
 
+_QA = re.compile(r"^Question: (?P<q>.*)\nAnswer:$", re.DOTALL)
+_LABELS = "ABCDEFGHIJ"
+
+
+def options_format(item: Instruction) -> Instruction:
+    r"""A multiple-choice pool item in the paper's format: options listed in the prompt, ``"A. text"`` as output.
+
+    ``"Question: <stem>\nAnswer:" -> "<text>"`` becomes ``"Question: <stem>\nA. <c1>\nB. <c2>\n...Answer:" ->
+    "<label>. <text>"`` (the tasks' ``gen_prompt`` and ``options_target`` at ``scale=paper``). Items without
+    choices (yes/no, math, free-form instructions) are returned unchanged.
+    """
+    choices, gold = item.meta.get("choices"), item.meta.get("gold_index")
+    m = _QA.match(item.instruction)
+    if not choices or gold is None or m is None or len(choices) > len(_LABELS):
+        return item
+    options = "".join(f"{lbl}. {text}\n" for lbl, text in zip(_LABELS, choices))
+    return dataclasses.replace(
+        item,
+        instruction=f"Question: {m.group('q')}\n{options}Answer:",
+        output=f"{_LABELS[int(gold)]}. {choices[int(gold)]}",
+    )
+
+
 def load_pool(spec: Any, data_dir: str | Path | None = None) -> list[Instruction]:
     """Read a pool made of several files, directories and hub datasets.
 
-    ``spec`` is a path, a list of entries, or a mapping with ``sources: [...]`` (the ``pool`` config group)
-    and optionally ``dedup_exact`` (default true: drop exact duplicates of instruction + input + output).
+    ``spec`` is a path, a list of entries, or a mapping with ``sources: [...]`` (the ``pool`` config group),
+    optionally ``dedup_exact`` (default true: drop exact duplicates of instruction + input + output) and
+    ``mc_format`` (``text``, the default, or ``options``: multiple-choice items in the paper's format, see
+    :func:`options_format`).
     An entry is a path or a mapping with one of ``path`` (file or directory, relative to ``data_dir``) or
     ``hub`` (``datasets.load_dataset`` arguments), and optional ``fmt``, ``source``, ``limit``.
 
@@ -251,6 +277,11 @@ def load_pool(spec: Any, data_dir: str | Path | None = None) -> list[Instruction
                 items.extend(load_pool_file(f, fmt, source, limit))
         else:
             items.extend(load_pool_file(path, fmt, source, limit))
+    mc_format = spec.get("mc_format", "text") if isinstance(spec, Mapping) else "text"
+    if mc_format not in ("text", "options"):
+        raise ConfigError(f"pool.mc_format: expected text|options, got {mc_format!r}")
+    if mc_format == "options":
+        items = [options_format(it) for it in items]
     dedup = spec.get("dedup_exact", True) if isinstance(spec, Mapping) else True
     if dedup:
         seen: set[tuple[str, str, str]] = set()

@@ -24,6 +24,7 @@ log = get_logger(__name__)
 
 AnswerKind = Literal["multiple_choice", "yes_no", "number", "code"]
 EvalMode = Literal["loglikelihood", "generate"]
+ResponseFormat = Literal["text", "options"]
 
 
 class Task:
@@ -55,6 +56,12 @@ class Task:
         num_fewshot: Number of demonstrations.
         rationale_target: Response template with a rationale (reasoning perplexity); ``{rationale}``.
         primary_metric: The metric name reported as the task's score.
+        response_format: How a multiple-choice item is written as an SFT item and as a perplexity pair.
+            ``text`` (``scale=cpu``): the ``prompt`` without options, the answer text as response (a 135M model
+            answers letters at chance). ``options`` (``scale=paper``, the paper's format): ``gen_prompt`` with the
+            options listed, ``options_target`` (``" A. dry palms"``) as response. Tasks without choices ignore it.
+        options_target: Response template of the ``options`` format.
+        options_rationale_target: Response template with a rationale in the ``options`` format.
     """
 
     def __init__(
@@ -79,6 +86,9 @@ class Task:
         num_fewshot: int = 0,
         rationale_target: str = "{answer}\n\n{rationale}",
         primary_metric: str | None = None,
+        response_format: ResponseFormat = "text",
+        options_target: str = " {label}. {text}",
+        options_rationale_target: str = " {label}. {text}\n\n{rationale}",
     ) -> None:
         if answer_kind not in ("multiple_choice", "yes_no", "number", "code"):
             raise ConfigError(f"task.answer_kind: expected multiple_choice|yes_no|number|code, got {answer_kind!r}")
@@ -86,6 +96,8 @@ class Task:
             raise ConfigError(f"task.eval_mode: expected loglikelihood|generate, got {eval_mode!r}")
         if eval_mode == "loglikelihood" and answer_kind not in ("multiple_choice", "yes_no"):
             raise ConfigError(f"task.eval_mode=loglikelihood needs choices; task {name} is {answer_kind}")
+        if response_format not in ("text", "options"):
+            raise ConfigError(f"task.response_format: expected text|options, got {response_format!r}")
         if source not in ("auto", "local", "hub"):
             raise ConfigError(f"task.source: expected auto|local|hub, got {source!r}")
         self.name = name
@@ -98,6 +110,9 @@ class Task:
         self.target_template = target
         self.rationale_template = rationale_target
         self.option_format = option_format
+        self.response_format: ResponseFormat = response_format
+        self.options_target = options_target
+        self.options_rationale_target = options_rationale_target
         self.eval_mode: EvalMode = eval_mode
         self.data_dir = data_dir
         self.source = source
@@ -258,9 +273,12 @@ class Task:
             mode: Which template (``generate`` uses ``gen_prompt``); default the task's eval mode.
             fewshot: Prepend the fixed demonstrations (evaluation); SFT items leave them out.
         """
-        template = self.gen_prompt_template if (mode or self.eval_mode) == "generate" else self.prompt_template
+        generate = (mode or self.eval_mode) == "generate"
+        template = self.gen_prompt_template if generate else self.prompt_template
         demos = "".join(
-            template.format(**self._fields(d)) + self.target(d) + "\n\n"
+            template.format(**self._fields(d))
+            + (self.target(d) if generate else self.target_template.format(**self._target_fields(d)))
+            + "\n\n"
             for d in (self.fewshot_examples() if fewshot else [])
             if d.id != ex.id
         )
@@ -280,9 +298,30 @@ class Task:
             "code": ex.gold if self.answer_kind == "code" else "",
         }
 
+    def _options(self, ex: Example) -> bool:
+        """Whether ``ex`` is written in the ``options`` response format (a choice item under that format)."""
+        return self.response_format == "options" and ex.choices is not None and ex.choice_labels is not None
+
+    def response_prompt(self, ex: Example) -> str:
+        """The prompt of ``ex`` as an SFT item and a perplexity pair (no demonstrations; see ``response_format``)."""
+        return self.prompt(ex, mode="generate" if self._options(ex) else self.eval_mode, fewshot=False)
+
+    def response_key(self, rationale: bool = False) -> Any:
+        """What determines :meth:`response_prompt` and the gold response, for cache keys.
+
+        The ``text`` format returns the bare target template, as before the format existed, so cached signals
+        computed in that format stay valid.
+        """
+        if self.response_format == "text":
+            return self.rationale_template if rationale else self.target_template
+        target = self.options_rationale_target if rationale else self.options_target
+        prompt, option = self.gen_prompt_template, self.option_format
+        return {"format": "options", "prompt": prompt, "option": option, "target": target}
+
     def target(self, ex: Example) -> str:
-        """The gold response: the scored continuation and the SFT target."""
-        return self.target_template.format(**self._target_fields(ex))
+        """The gold response: the SFT target and the perplexity response (``options_target`` in that format)."""
+        template = self.options_target if self._options(ex) else self.target_template
+        return template.format(**self._target_fields(ex))
 
     def rationale_response(self, ex: Example, rationale: str | None = None) -> str:
         """Gold answer expanded with a rationale (the paper's reasoning-perplexity target, answer first)."""
@@ -291,7 +330,8 @@ class Task:
             fields["rationale"] = rationale
         if not fields["rationale"]:
             raise DataError(f"task {self.name}: example {ex.id} has no rationale")
-        return self.rationale_template.format(**fields)
+        template = self.options_rationale_target if self._options(ex) else self.rationale_template
+        return template.format(**fields)
 
     def continuations(self, ex: Example) -> list[str]:
         """One scored continuation per option (log-likelihood mode)."""
@@ -306,7 +346,7 @@ class Task:
         """The example as an SFT item: instruction = task prompt, output = gold target."""
         output = self.rationale_response(ex) if with_rationale else self.target(ex)
         return Instruction(
-            instruction=self.prompt(ex, mode=self.eval_mode, fewshot=False),
+            instruction=self.response_prompt(ex),
             output=output.strip(),
             source=f"kshot:{self.name}",
             meta={"id": ex.id},
@@ -352,4 +392,5 @@ class Task:
             "eval_split": where,
             "kshot_pool": self.kshot_pool_source,
             "eval_mode": self.eval_mode,
+            "response_format": self.response_format,
         }

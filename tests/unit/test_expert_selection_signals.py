@@ -10,7 +10,7 @@ import torch
 from kexpert.bank.testing import make_random_bank
 from kexpert.data.kshot import sample_kshot
 from kexpert.models.factory import BaseModelSpec
-from kexpert.selection.experts.rationales import RationaleConfig, kshot_rationales, read_cot_file
+from kexpert.selection.experts.rationales import RationaleConfig, kshot_rationales, read_cot_file, uses_base_model
 from kexpert.selection.experts.signals import BASE, BankScorer, SignalConfig, adapter_name
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.instantiate import instantiate
@@ -143,7 +143,9 @@ def test_accuracy_generate_and_loglikelihood(compose_cfg, bank, spec, tmp_path):
 def test_rationale_sources_record_cot_file_and_generated(compose_cfg, spec, tmp_path):
     gsm = _task(compose_cfg, "gsm8k")
     kshot = sample_kshot(gsm.kshot_pool(), 3, 0)
-    rows = kshot_rationales(RationaleConfig(), gsm, kshot, tmp_path, None, lambda: pytest.fail("no generation"))
+    rows = kshot_rationales(
+        RationaleConfig(), gsm, kshot, tmp_path, None, lambda: pytest.fail("no generation"), "tiny"
+    )
     assert [r["source"] for r in rows] == ["record"] * 3 and rows[0]["rationale"] == kshot[0].rationale
 
     arc = _task(compose_cfg)
@@ -171,15 +173,24 @@ def test_rationale_sources_record_cot_file_and_generated(compose_cfg, spec, tmp_
         return model, tok, spec.prompt_format, "tiny"
 
     cfg = RationaleConfig(max_new_tokens=6, batch_size=2)
-    rows = kshot_rationales(cfg, arc, kshot, tmp_path / "cache", str(tmp_path / "data"), loader)
+    rows = kshot_rationales(cfg, arc, kshot, tmp_path / "cache", str(tmp_path / "data"), loader, "tiny")
     assert rows[0]["source"].startswith("cot_file") and rows[0]["rationale"] == "Because it is. Really."
     assert [r["source"] for r in rows[1:]] == ["generated", "generated"] and calls == [1]
     cached = list((tmp_path / "cache" / "rationales" / "arc_c").glob("*.jsonl"))
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2
-    again = kshot_rationales(cfg, arc, kshot, tmp_path / "cache", str(tmp_path / "data"), loader)
+    again = kshot_rationales(cfg, arc, kshot, tmp_path / "cache", str(tmp_path / "data"), loader, "tiny")
     assert calls == [1] and [r["rationale"] for r in again] == [r["rationale"] for r in rows]
+    # another rationale model (here: another base model writing its own) never reuses these rationales
+    kshot_rationales(cfg, arc, kshot, tmp_path / "cache", str(tmp_path / "data"), loader, "other-base")
+    assert calls == [1, 1] and len(list((tmp_path / "cache" / "rationales" / "arc_c").glob("*.jsonl"))) == 2
     with pytest.raises(DataError, match="no rationale"):
-        kshot_rationales(RationaleConfig(sources=["record"]), arc, kshot, tmp_path, None, loader)
+        kshot_rationales(RationaleConfig(sources=["record"]), arc, kshot, tmp_path, None, loader, "tiny")
+
+
+def test_uses_base_model():
+    assert uses_base_model(None) and uses_base_model({"name": "base"})
+    assert not uses_base_model({"_target_": "kexpert.models.factory.BaseModelSpec", "name": "base"})
+    assert not uses_base_model({"name": "qwen2_5_14b_instruct", "hf_id": "Qwen/Qwen2.5-14B-Instruct"})
 
 
 def test_signal_config_validation():

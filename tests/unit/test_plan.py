@@ -17,6 +17,7 @@ REHEARSAL_KEYS = (
     "bank.",
     "encoder.",
     "pool.",
+    "rationale_generator.",
     "paths.data_dir",
     "trainer.accelerator",
     "trainer.precision",
@@ -60,7 +61,8 @@ def test_rehearsal_is_paper_7b_with_only_the_model_shrunk_and_the_run_capped():
     assert not unexpected, f"rehearse_paper.yaml changes more than the model and the caps: {unexpected}"
     same = ["sft.batch_size", "sft.cutoff_len", "trainer.accumulate_grad_batches", "optim.optimizer.lr"]
     same += ["moe.num_experts", "moe.top_k", "moe.lora_dropout", "expert_selection.num_candidates"]
-    same += ["data_selection.dedup.tau", "trainer.gradient_clip_val"]
+    same += ["data_selection.dedup.tau", "trainer.gradient_clip_val", "task.eval_mode", "task.response_format"]
+    same += ["pool.mc_format"]
     for key in same:
         assert rehearsal[key] == paper[key], key
     assert (rehearsal["sft.batch_size"], rehearsal["sft.cutoff_len"]) == (2, 1024)

@@ -64,6 +64,8 @@ def _registry() -> dict[str, RowFormat]:
         "alpaca": pools.alpaca,
         "gpteacher": pools.gpteacher,
         "commonsense_qa": pools.commonsense_qa,
+        "commonsense_qa_hf": pools.commonsense_qa_hf,
+        "social_i_qa": pools.social_i_qa,
         "csqa2": pools.csqa2,
         "qasc_mcq": pools.qasc_mcq,
         "llm_adapters_mc": pools.llm_adapters_mc,

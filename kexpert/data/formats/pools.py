@@ -116,6 +116,22 @@ def commonsense_qa(row: dict[str, Any]) -> list[Instruction]:
     return [_mc(q["stem"], [c["text"] for c in q["choices"]], labels.index(key), id=row.get("id"))]
 
 
+def commonsense_qa_hf(row: dict[str, Any]) -> list[Instruction]:
+    """CommonsenseQA on the hub (``tau/commonsense_qa``): ``question``, ``choices: {label, text}``, ``answerKey``."""
+    labels = [str(lbl).strip() for lbl in row["choices"]["label"]]
+    key = str(row["answerKey"]).strip()
+    if key not in labels:
+        raise ValueError(f"answerKey {key!r} is not one of the labels {labels}")
+    return [_mc(_text(row.get("question"), "question"), row["choices"]["text"], labels.index(key), id=row.get("id"))]
+
+
+def social_i_qa(row: dict[str, Any]) -> list[Instruction]:
+    """Social IQa (``allenai/social_i_qa``): ``context``, ``question``, ``answerA..C``, ``label`` ``"1"..."3"``."""
+    stem = f"{_text(row.get('context'), 'context')} {_text(row.get('question'), 'question')}"
+    choices = [_text(row.get(f"answer{c}"), f"answer{c}") for c in "ABC"]
+    return [_mc(stem, choices, int(str(row["label"]).strip()) - 1)]
+
+
 def csqa2(row: dict[str, Any]) -> list[Instruction]:
     """CommonsenseQA 2.0: ``question`` (a statement or yes/no question), ``answer`` ``yes``/``no``."""
     answer = _text(row.get("answer"), "answer").lower()

@@ -18,6 +18,7 @@ from kexpert.pipeline.cache import StageCache
 from kexpert.pipeline.keys import bank_identity, clean, node
 from kexpert.pipeline.stages.results import ExpertPick, KShot
 from kexpert.selection.experts.base import ExpertSelection, SelectionContext
+from kexpert.selection.experts.rationales import uses_base_model
 from kexpert.selection.experts.report import build_report, scatter_png
 from kexpert.selection.experts.signals import BankScorer
 from kexpert.tasks.task import Task
@@ -30,23 +31,25 @@ from kexpert.utils.provenance import provenance
 log = get_logger(__name__)
 
 
-def _rationale_loader(signals_cfg: Any):
+def _rationale_generator(signals_cfg: Any) -> tuple[Any, str | None]:
+    """``(loader, identity)`` of a separate rationale model (``rationale_generator``), or ``(None, None)``."""
     gen = signals_cfg.rationale.generator
-    if gen is None:
-        return None
-    spec = gen if isinstance(gen, BaseModelSpec) else instantiate(DictConfig(gen), key="rationale.generator")
+    if uses_base_model(gen):
+        return None, None
+    spec = gen if isinstance(gen, BaseModelSpec) else instantiate(DictConfig(gen), key="rationale_generator")
 
     def load():
         model, tok = spec.load()
         return model, tok, spec.prompt_format, spec.identity
 
-    return load
+    return load, spec.identity
 
 
 def selection_context(
     task: Task, kshot: KShot, bank: Bank, spec: BaseModelSpec, selector: Any, cache_dir: Path, data_dir: Any
 ) -> SelectionContext:
     """The selection context: the K-shot, the bank and a scorer that caches every signal on disk."""
+    rationale_loader, rationale_identity = _rationale_generator(selector.signals)
     scorer = BankScorer(
         task,
         kshot.examples,
@@ -57,7 +60,8 @@ def selection_context(
         config=selector.signals,
         cache_dir=cache_dir,
         data_dir=data_dir,
-        rationale_loader=_rationale_loader(selector.signals),
+        rationale_loader=rationale_loader,
+        rationale_identity=rationale_identity,
     )
     return SelectionContext(task=task, kshot=kshot.examples, bank=bank, scorer=scorer, cache_dir=cache_dir)
 

@@ -47,7 +47,8 @@ class RationaleConfig:
         sources: Sources tried in order: ``record``, ``cot_file``, ``generated``.
         cot_files: Task name -> CoT file relative to the data dir (JSON Lines with ``instruction``/``output``,
             output = answer first, then the rationale).
-        generator: A ``BaseModelSpec`` config for the rationale model; ``None`` uses the base model (no adapter).
+        generator: A ``BaseModelSpec`` config for the rationale model (the ``rationale_generator`` config group);
+            ``None`` or ``{name: base}`` uses the base model (no adapter).
         prompt: Rationale prompt with ``{question}`` and ``{answer}`` (default: Fig. 3).
         chat_template: Wrap the prompt in the generator tokenizer's chat template when it has one.
         max_new_tokens: Generation budget per rationale.
@@ -73,6 +74,14 @@ class RationaleConfig:
             )
         if "{question}" not in self.prompt or "{answer}" not in self.prompt:
             raise ConfigError("expert_selection.signals.rationale.prompt must contain {question} and {answer}")
+
+
+def uses_base_model(generator: Any) -> bool:
+    """Whether a ``generator`` setting means the base model itself (``None``, or ``{name: base}`` without a target)."""
+    if generator is None:
+        return True
+    get = generator.get if hasattr(generator, "get") else lambda k, d=None: getattr(generator, k, d)
+    return get("_target_") is None and get("name") == "base"
 
 
 def normalize_question(text: str) -> str:
@@ -149,6 +158,7 @@ def kshot_rationales(
     cache_dir: Path,
     data_dir: str | None,
     generator_loader,
+    generator_identity: str,
 ) -> list[dict[str, Any]]:
     """One rationale row per K-shot item: ``{id, source, rationale, question, answer, generator}``.
 
@@ -160,6 +170,8 @@ def kshot_rationales(
         data_dir: Data dir the CoT files are relative to (``None``: no CoT file).
         generator_loader: ``() -> (model, tokenizer, prompt_format, identity)`` of the rationale model, called
             only when something must be generated.
+        generator_identity: What the rationale model's weights are (``BaseModelSpec.identity``, of the base model
+            when it writes its own rationales): part of the cache key, so two generators never share rationales.
 
     Raises:
         DataError: an item gets no rationale from any configured source.
@@ -188,7 +200,7 @@ def kshot_rationales(
                 pending.append(ex)
                 break
     if pending:
-        rows.update(_cached_generation(cfg, task, pending, cache_dir, generator_loader))
+        rows.update(_cached_generation(cfg, task, pending, cache_dir, generator_loader, generator_identity))
     missing = [ex.id for ex in kshot if ex.id not in rows]
     if missing:
         raise DataError(
@@ -202,24 +214,23 @@ def kshot_rationales(
     return [rows[ex.id] for ex in kshot]
 
 
-def _cached_generation(cfg, task, pending, cache_dir, generator_loader) -> dict[str, dict[str, Any]]:
-    loaded = None
-    generator_id = cfg.generator["name"] if isinstance(cfg.generator, dict) and "name" in cfg.generator else "base"
+def _cached_generation(cfg, task, pending, cache_dir, generator_loader, generator_identity) -> dict[str, dict]:
     key = sha1_of(
         {
-            "generator": cfg.generator,
+            "generator": generator_identity,
             "prompt": cfg.prompt,
             "chat": cfg.chat_template,
             "max_new_tokens": cfg.max_new_tokens,
             "task": task.name,
         }
     )
-    path = Path(cache_dir) / "rationales" / task.name / f"{generator_id}-{key}.jsonl"
+    gen = cfg.generator
+    name = "base" if uses_base_model(gen) else str(gen.get("name") if hasattr(gen, "get") else gen.name)
+    path = Path(cache_dir) / "rationales" / task.name / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}-{key}.jsonl"
     cached = {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
     todo = [ex for ex in pending if ex.id not in cached]
     if todo:
-        loaded = generator_loader()
-        model, tok, pf, identity = loaded
+        model, tok, pf, identity = generator_loader()
         log.info("generating %d rationales with %s (cached in %s)", len(todo), identity, path)
         texts = _generate(cfg, task, todo, model, tok, pf)
         for ex, text in zip(todo, texts):

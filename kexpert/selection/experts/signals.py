@@ -139,6 +139,7 @@ class BankScorer:
         data_dir: Data dir for CoT files.
         rationale_loader: ``() -> (model, tokenizer, prompt_format, identity)`` of a separate rationale model,
             or ``None`` to use the base model.
+        rationale_identity: The separate rationale model's ``BaseModelSpec.identity`` (its cache key).
     """
 
     def __init__(
@@ -153,11 +154,13 @@ class BankScorer:
         cache_dir: str | Path,
         data_dir: str | None = None,
         rationale_loader: Callable[[], tuple] | None = None,
+        rationale_identity: str | None = None,
     ) -> None:
         self.task, self.kshot, self.bank = task, kshot, bank
         self.pf, self.base_identity, self.cfg = prompt_format, base_identity, config
         self.cache_dir, self.data_dir = Path(cache_dir), data_dir
         self._model_loader, self._rationale_loader = model_loader, rationale_loader
+        self._rationale_identity = rationale_identity if rationale_loader is not None else f"{base_identity} (base)"
         self._model = self._tok = None
         self._rationales: list[dict[str, Any]] | None = None
         self.timings: dict[str, float] = {}
@@ -192,7 +195,13 @@ class BankScorer:
         if self._rationales is None:
             loader = self._rationale_loader or self._base_generator
             self._rationales = kshot_rationales(
-                self.cfg.rationale, self.task, self.kshot, self.cache_dir, self.data_dir, loader
+                self.cfg.rationale,
+                self.task,
+                self.kshot,
+                self.cache_dir,
+                self.data_dir,
+                loader,
+                self._rationale_identity,
             )
         return self._rationales
 
@@ -212,10 +221,10 @@ class BankScorer:
             setting["mode"] = mode
             setting["prompt"] = [self.task.prompt_template, self.task.gen_prompt_template, self.task.max_new_tokens]
         elif signal == "ppl":
-            setting["target"] = self.task.target_template
+            setting["target"] = self.task.response_key()
         else:
             setting["rationales"] = sha1_of([r["rationale"] for r in self.rationales()])
-            setting["target"] = self.task.rationale_template
+            setting["target"] = self.task.response_key(rationale=True)
         return sha1_of(setting)
 
     def _cache_path(self, signal: str, name: str, key: str) -> Path:
@@ -320,7 +329,7 @@ class BankScorer:
                 self.task.rationale_response(ex, r["rationale"]) for ex, r in zip(self.kshot, self.rationales())
             ]
         return [
-            (self.pf.render(self.task.prompt(ex, fewshot=False), tok), self.pf.response(resp))
+            (self.pf.render(self.task.response_prompt(ex), tok), self.pf.response(resp))
             for ex, resp in zip(self.kshot, responses)
         ]
 
