@@ -21,10 +21,13 @@ the expert selection, the embeddings and the selected data.
 from __future__ import annotations
 
 import functools
+import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from kexpert.methods.base import Method, MethodContext
@@ -43,7 +46,6 @@ from kexpert.pipeline.stages import (
     log_metrics,
     publish_run_dir,
     rank_oracle,
-    routing_report,
     select_data,
     selects_data,
     stage_cache_summary,
@@ -52,6 +54,7 @@ from kexpert.pipeline.stages import (
     train_method,
 )
 from kexpert.pipeline.stages.order import resolve_stages
+from kexpert.pipeline.stages.report import init_routing_report, routing_report
 from kexpert.pipeline.validate import validate_config
 from kexpert.utils.errors import InvalidGridPoint
 from kexpert.utils.hydra_choices import config_choices
@@ -95,6 +98,39 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return metrics, {}
     finally:
         close_loggers(loggers, status)
+
+
+def release_memory() -> None:
+    """Free the memory of models whose references were dropped.
+
+    A Lightning ``Trainer`` and its module reference each other, so a trained model is only freed by the cycle
+    collector; CUDA's caching allocator keeps the freed blocks until ``empty_cache``. Called wherever a stage's model
+    goes out of scope, before the next model is built.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class RunObjects(dict):
+    """``run``'s stage results and model objects; a ``"model"`` released for the report is reloaded on first access.
+
+    Only item access (``objects["model"]``) reloads; ``get`` does not.
+
+    Args:
+        reload: Returns ``(model, tokenizer)`` of the trained artifact, or ``None`` when nothing was released.
+        **objects: The objects (``stages``, ``model``, ``tokenizer``).
+    """
+
+    def __init__(self, reload: Callable[[], tuple[Any, Any]] | None = None, **objects: Any) -> None:
+        super().__init__(**objects)
+        self._reload = reload
+
+    def __missing__(self, key: str) -> Any:
+        if key != "model" or self._reload is None:
+            raise KeyError(key)
+        model = self["model"] = self._reload()[0]
+        return model
 
 
 def _header(cfg: DictConfig, method: Method, task_name: str, stages: list[str]) -> dict[str, Any]:
@@ -214,6 +250,7 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
             data=data() if method.needs_data else None,
         )
         trained = log_.record_result(timed("train", train_method, method, ctx, inputs, cache))
+        release_memory()  # the training model (and its trainer, optimizer state) went out of scope
         metrics["method_info"] = {k: v for k, v in trained.info.items() if k != "objective_history"}
         if process_rank() != 0:  # a rank > 0 of a multi-process training: rank zero evaluates and reports
             log.info("rank %d: training done; evaluation and report are rank zero's", process_rank())
@@ -250,15 +287,19 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
             if evaluation.per_expert is not None:
                 metrics["per_expert"] = evaluation.per_expert
             metrics["score"] = evaluation.score
+    reload = None
     if "report" in stages:
         t0 = time.perf_counter()
         publish_run_dir(out_dir, log_, evaluation)
         if model is not None and method.routes and cfg.get("routing_stats", True):
             chosen = experts().chosen if method.needs_experts else None
-            untrained = functools.partial(method.load_untrained, ctx)  # the init-correlation reference
-            metrics["routing"] = routing_report(
-                task, evaluated, cfg.eval, spec, model, tok, chosen, out_dir, untrained
-            )
+            routing, probe, stats = routing_report(task, evaluated, cfg.eval, spec, model, tok, chosen, out_dir)
+            model = None  # released before the untrained MoE (the init-correlation reference) is built
+            reload = functools.partial(method.load, ctx, trained.artifact.path)
+            release_memory()
+            routing.update(init_routing_report(probe, stats, functools.partial(method.load_untrained, ctx), out_dir))
+            release_memory()
+            metrics["routing"] = routing
         log_.wall_s["report"] = round(time.perf_counter() - t0, 3)
     metrics["stage_wall_s"] = log_.wall_s
     metrics["stage_cache"] = stage_cache_summary(log_)
@@ -269,4 +310,7 @@ def run_stages(cfg: DictConfig, loggers: list) -> tuple[dict[str, Any], dict[str
     log_metrics(loggers, metrics)
     if evaluation is not None:
         print(summary_line(task.name, method.label, method.oracle, evaluation, out_dir))
-    return metrics, {"stages": log_, "model": model, "tokenizer": tok}
+    objects = RunObjects(reload, stages=log_, tokenizer=tok)
+    if reload is None:
+        objects["model"] = model
+    return metrics, objects

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,41 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "adapter": adapter}
 
 
+@dataclass(frozen=True)
+class RoutingProbe:
+    """What a routing report routes, so the trained and the untrained MoE see the same texts the same way.
+
+    Holds no model: the trained model can be released between :func:`routing_report` and
+    :func:`init_routing_report`.
+
+    Attributes:
+        title: The report's title.
+        texts: Prompt + gold target of (up to 100) eval items.
+        tokenizer: The models' tokenizer.
+        expert_names: One name per expert, or ``None``.
+        batch_size: Texts per forward.
+        progress: Show a progress bar.
+    """
+
+    title: str
+    texts: list[str]
+    tokenizer: Any
+    expert_names: list[str] | None
+    batch_size: int
+    progress: bool
+
+    def collect(self, model: Any) -> routing_stats.RoutingStats:
+        """Route the texts through ``model`` and count the routings per layer and expert."""
+        return routing_stats.collect_routing_stats(
+            model,
+            self.tokenizer,
+            self.texts,
+            expert_names=self.expert_names,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+
 def routing_report(
     task: Task,
     evaluated: Task,
@@ -51,35 +87,45 @@ def routing_report(
     tokenizer: Any,
     expert_names: list[str] | None,
     out_dir: Path,
-    untrained: Callable[[], Any] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], RoutingProbe, routing_stats.RoutingStats]:
     """Fraction of tokens routed to each expert per layer over (up to 100) eval items (the paper's Fig. 7).
 
-    With ``untrained`` (returns the same MoE as training started it, e.g. ``MoEMethod.load_untrained``), the same
-    texts are routed through that model too and :func:`~kexpert.models.routing_stats.routing_agreement` of the two
-    tables is returned under ``init_agreement`` and written to ``routing/routing_init.json``: r near 1 means the
-    routing is still the init's.
+    Returns:
+        ``(report, probe, stats)``: the written files (``routing/``) by kind, the probe and the trained model's
+        statistics, for :func:`init_routing_report` (which the caller runs after releasing ``model``).
     """
     examples = evaluated.eval_examples(limit=min(eval_cfg.limit or 100, 100), seed=eval_cfg.seed)
     texts = routing_stats.eval_texts(task, examples, spec.prompt_format, tokenizer)
+    probe = RoutingProbe(
+        f"{task.name} routing", texts, tokenizer, expert_names, int(eval_cfg.batch_size), bool(eval_cfg.progress)
+    )
+    stats = probe.collect(model)
+    paths = routing_stats.write_routing_report(stats, out_dir / "routing", title=probe.title)
+    return {k: str(v) for k, v in paths.items()}, probe, stats
 
-    def collect(m: Any) -> routing_stats.RoutingStats:
-        return routing_stats.collect_routing_stats(
-            m, tokenizer, texts, expert_names=expert_names, batch_size=eval_cfg.batch_size, progress=eval_cfg.progress
-        )
 
-    stats = collect(model)
-    paths = routing_stats.write_routing_report(stats, out_dir / "routing", title=f"{task.name} routing")
-    out: dict[str, Any] = {k: str(v) for k, v in paths.items()}
-    built = untrained() if untrained is not None else None
-    if built is not None:
-        init = collect(built[0])
-        del built
-        agreement = routing_stats.routing_agreement(stats, init)
-        path = out_dir / "routing" / "routing_init.json"
-        write_json(path, {"agreement": agreement, "untrained": {"layers": init.layers, "fractions": init.fractions}})
-        out.update(init_agreement=agreement, init_json=str(path))
-    return out
+def init_routing_report(
+    probe: RoutingProbe, stats: routing_stats.RoutingStats, untrained: Callable[[], Any], out_dir: Path
+) -> dict[str, Any]:
+    """Route the probe's texts through the MoE as training started it and compare with the trained routing.
+
+    ``untrained`` (e.g. ``MoEMethod.load_untrained``) builds a second model: call this after the trained one is
+    released. :func:`~kexpert.models.routing_stats.routing_agreement` of the two tables is returned under
+    ``init_agreement`` and written to ``routing/routing_init.json``: r near 1 means the routing is still the init's.
+
+    Args:
+        probe: The texts of the trained model's report.
+        stats: The trained model's routing statistics.
+        untrained: Returns ``(model, tokenizer)`` of the MoE at initialisation.
+        out_dir: The run directory.
+    """
+    built = untrained()
+    init = probe.collect(built[0])
+    del built
+    agreement = routing_stats.routing_agreement(stats, init)
+    path = out_dir / "routing" / "routing_init.json"
+    write_json(path, {"agreement": agreement, "untrained": {"layers": init.layers, "fractions": init.fractions}})
+    return {"init_agreement": agreement, "init_json": str(path)}
 
 
 def publish_run_dir(out_dir: Path, stages: StageLog, evaluation: Evaluation | None) -> None:
