@@ -5,7 +5,8 @@ is the LM cross-entropy on response tokens (labels = -100 elsewhere), optimizers
 parameters (in the param groups of :meth:`CausalLMLitModule.param_groups`, one group unless a subclass splits
 them; a group's ``lr_mult`` scales the optimizer's lr for that group), and the schedule is built from the trainer's
 real number of optimizer steps (:func:`planned_optimizer_steps`). :func:`optim_factories` reads the optimizer and
-schedule partials of ``conf/optim``.
+schedule partials of ``conf/optim``. Gradients are clipped as the trainer's ``gradient_clip_val`` says under every
+strategy, FSDP included (:meth:`CausalLMLitModule.configure_gradient_clipping`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from kexpert.utils.instantiate import instantiate
 
@@ -128,3 +131,32 @@ class CausalLMLitModule(L.LightningModule):
         steps = int(planned_optimizer_steps(self.trainer))
         sched = self.scheduler_factory(optimizer=opt, num_training_steps=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by the global gradient norm under FSDP too; otherwise Lightning's default clipping.
+
+        Lightning's FSDP precision plugin raises on ``gradient_clip_algorithm="norm"``: each rank holds only its
+        shard of the gradients, so ``torch.nn.utils.clip_grad_norm_`` would clip by a per-rank norm. The FSDP root
+        module's :meth:`~torch.distributed.fsdp.FullyShardedDataParallel.clip_grad_norm_` reduces the norm over
+        the ranks first (every rank calls it, as every rank runs this hook). Clipping by value is elementwise, so
+        Lightning's own works on shards.
+
+        Args:
+            optimizer: The optimizer about to step.
+            gradient_clip_val: The trainer's ``gradient_clip_val`` (``None`` or 0: no clipping).
+            gradient_clip_algorithm: The trainer's ``gradient_clip_algorithm`` (``None`` means ``"norm"``).
+        """
+        strategy = self.trainer.strategy
+        by_norm = gradient_clip_algorithm is None or gradient_clip_algorithm == "norm"
+        if gradient_clip_val and by_norm and isinstance(strategy, FSDPStrategy):
+            root = strategy.model
+            if not isinstance(root, FullyShardedDataParallel):
+                raise RuntimeError(f"FSDP gradient clipping: the strategy's model is a {type(root).__name__}")
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
