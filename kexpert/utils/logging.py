@@ -29,6 +29,8 @@ QUIET_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
 QUIET_LINES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.utilities.rank_zero", r"💡 Tip: .*litlogger"),
     ("lightning.fabric.utilities.rank_zero", r"💡 Tip: .*litlogger"),
+    # faiss's loader reports, at INFO, which SIMD build it tried (AVX512, AVX2, generic) on first import.
+    ("faiss.loader", r"^(Loading faiss|Could not load library|Successfully loaded faiss|Environment variable)"),
 )
 # Loggers that install their own console handler at import (Lightning does when the root logger has none yet).
 _OWN_HANDLER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")

@@ -61,3 +61,14 @@ def test_lightning_lines_go_through_the_root_handlers_once(hydra_like_root):
         "💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)"
     )
     assert collect.messages == ["GPU available: False, used: False"]
+
+
+def test_faiss_loader_lines_are_dropped_and_other_faiss_lines_kept(caplog):
+    quiet_third_party()
+    loader = logging.getLogger("faiss.loader")
+    with caplog.at_level(logging.INFO, logger="faiss.loader"):
+        loader.info("Loading faiss with AVX512 support.")
+        loader.info("Could not load library with AVX512 support due to:\nModuleNotFoundError()")
+        loader.info("Successfully loaded faiss with AVX2 support.")
+        loader.warning("something the user must see")
+    assert [r.getMessage() for r in caplog.records] == ["something the user must see"]
