@@ -18,9 +18,13 @@ set is an error.
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
+import tempfile
 import time
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from kexpert.data.decontam import EvalIndex, find_overlaps
 from kexpert.data.pools import load_pool_file
 from kexpert.data.records import Instruction
 from kexpert.training.lora import LoRAShape, TrainRecipe, train_entry
+from kexpert.utils.distributed import process_rank
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import exclusive_lock
 from kexpert.utils.logging import get_logger
@@ -288,17 +293,17 @@ class BankBuildSpec:
             rough_duration(sum(tokens)),
         )
         t_build, built, done_tokens = time.perf_counter(), 0, 0
+        rank = process_rank()
+        private = self._private_dir(rank) if rank else None
         for i, (ds, items, source) in enumerate(prepared, start=1):
             # One builder per entry at a time: a concurrent builder of this bank waits here, then reuses the entry.
-            with exclusive_lock(self.root_path / f".build.{ds.name}.lock"):
-                if ds.name not in self.missing():
-                    log.info(
-                        "bank %s: entry %d/%d %s was built by another process; reused",
-                        self.name,
-                        i,
-                        len(prepared),
-                        ds.name,
-                    )
+            # A rank > 0 of a multi-process trainer takes part in rank zero's training instead, without the lock (rank
+            # zero holds it while it waits for this rank), and then reads the entry rank zero published.
+            lock = exclusive_lock(self.root_path / f".build.{ds.name}.lock") if private is None else nullcontext()
+            with lock:
+                if private is None and ds.name not in self.missing():
+                    where = f"bank {self.name}: entry {i}/{len(prepared)} {ds.name}"
+                    log.info("%s was built by another process; reused", where)
                     continue
                 if model is None:
                     model, tokenizer = base_spec.load()
@@ -314,9 +319,13 @@ class BankBuildSpec:
                     optimizer,
                     scheduler,
                     trainer_cfg,
-                    self.root_path / "adapters" / ds.name,
+                    (private or self.root_path / "adapters") / ds.name,
                     seed=entry_seed(self.seed, ds.name),
                 )
+                if private is not None:  # rank zero saves and publishes the entry right after the fit
+                    self._await_entry(ds.name)
+                    built += 1
+                    continue
                 meta = {k: v for k, v in stats.items() if k != "train_loss"}
                 meta["lora"], meta["recipe"] = vars(self.lora), vars(self.train)
                 if ds.task is not None:
@@ -346,14 +355,27 @@ class BankBuildSpec:
                 stats["wall_s"],
                 _minutes(sum(tokens[i:]) / rate),
             )
-        log.info(
-            "bank %s: built %d entries in %.0f s -> %s",
-            self.name,
-            built,
-            time.perf_counter() - t_build,
-            self.root_path / MANIFEST_NAME,
-        )
+        elapsed, manifest = time.perf_counter() - t_build, self.root_path / MANIFEST_NAME
+        log.info("bank %s: built %d entries in %.0f s -> %s", self.name, built, elapsed, manifest)
+        if private is not None:
+            return self.existing()  # type: ignore[return-value]  # _await_entry saw every entry in it
         return self._commit(None, base_spec)
+
+    def _await_entry(self, name: str, timeout_s: float = 600.0) -> None:
+        """On a rank > 0: wait until rank zero has published entry ``name`` (it does so right after the fit)."""
+        deadline = time.monotonic() + timeout_s
+        while not ((bank := self.existing()) is not None and name in bank):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"bank {self.name}: rank zero did not publish entry {name} within {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def _private_dir(self, rank: int) -> Path:
+        """The work dir of a rank > 0 training an entry along with rank zero (it saves nothing; removed at exit)."""
+        self.root_path.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f".rank{rank}.", dir=self.root_path))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        log.info("bank %s: rank %d trains along with rank zero in %s (rank zero publishes)", self.name, rank, path)
+        return path
 
     def _commit(self, entry: BankEntry | None, base_spec) -> Bank:
         """Add ``entry`` to the manifest on disk, under a lock (parallel builders of one bank merge, never clobber)."""

@@ -28,35 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
+from kexpert.utils.distributed import process_rank
 from kexpert.utils.io import exclusive_lock, read_json, replace_dir, sha1_of, write_json
 from kexpert.utils.logging import get_logger
 
 log = get_logger(__name__)
 MANIFEST = "stage.json"
-# Set by Lightning's launchers (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM and LSF, in
-# every process before its process group exists; rank zero is the process where all of them are 0 or unset.
-RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
-
-def process_rank() -> int:
-    """This process's rank in a multi-process run: 0 on rank zero and in a single-process run.
-
-    Read from the launcher's environment (:data:`RANK_ENV_VARS`; the first non-zero one wins), which every rank has
-    before ``torch.distributed`` is initialised (Lightning's subprocess launcher re-executes the script with
-    ``LOCAL_RANK`` set; a second node's processes carry ``NODE_RANK``); an initialised process group's rank wins.
-    """
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_rank())
-    for var in RANK_ENV_VARS:
-        try:
-            rank = int(os.environ.get(var) or 0)
-        except ValueError:
-            continue
-        if rank != 0:
-            return rank
-    return 0
 
 
 @dataclass(frozen=True)

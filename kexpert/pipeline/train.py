@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 
 from kexpert.methods.base import Method, MethodContext
-from kexpert.pipeline.cache import StageCache, process_rank
+from kexpert.pipeline.cache import StageCache
 from kexpert.pipeline.stages import (
     DATA_KEYS,
     DataSelectionConfig,
@@ -56,6 +56,7 @@ from kexpert.pipeline.stages import (
 from kexpert.pipeline.stages.order import resolve_stages
 from kexpert.pipeline.stages.report import init_routing_report, routing_report
 from kexpert.pipeline.validate import validate_config
+from kexpert.utils.distributed import process_rank
 from kexpert.utils.errors import InvalidGridPoint
 from kexpert.utils.hydra_choices import config_choices
 from kexpert.utils.instantiate import instantiate, to_container

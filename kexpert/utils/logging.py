@@ -10,9 +10,10 @@ its message and the module that emits it (nothing else is filtered).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
+
+from kexpert.utils.distributed import process_rank
 
 # (category, message regex, emitting module regex): warnings about third-party internals, not about the user's run.
 QUIET_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
@@ -36,19 +37,9 @@ QUIET_LINES: tuple[tuple[str, str], ...] = (
 _OWN_HANDLER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
 
 
-def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if key in os.environ:
-            try:
-                return int(os.environ[key])
-            except ValueError:
-                continue
-    return 0
-
-
 class _RankZeroFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
-        return _rank() == 0
+        return process_rank() == 0
 
 
 class _DropMessages(logging.Filter):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -186,3 +188,29 @@ def test_task_entry_renders_train_split_through_the_task(compose_cfg):
         spec.load_items(spec.datasets[0], tasks, full)
     with pytest.raises(DataError, match="task boolq has no train split"):
         spec.load_items(DatasetSpec(name="b", task="boolq"), tasks, others)
+
+
+def test_rank_above_zero_trains_along_and_reads_rank_zeros_entry(tmp_path, patched_items, monkeypatch):
+    from kexpert.utils.io import exclusive_lock
+
+    spec = _spec()
+    bank_spec = _bank(tmp_path, names=("alpha",))
+    published = []
+    real = build_mod.train_entry
+
+    def rank_zero_publishes(*args, **kwargs):  # stands in for rank zero, which saves and publishes after the fit
+        out = real(*args, **kwargs)
+        if os.environ.get("LOCAL_RANK") == "1":
+            monkeypatch.delenv("LOCAL_RANK")
+            published.append(_bank(tmp_path / "zero", names=("alpha",)).build(spec, {}, _opt(), None, TRAINER))
+            bank_spec._commit(published[0]["alpha"], spec)
+            monkeypatch.setenv("LOCAL_RANK", "1")
+        return out
+
+    monkeypatch.setattr(build_mod, "train_entry", rank_zero_publishes)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning's launcher sets in the process it starts for rank 1
+    (tmp_path / "bank").mkdir(parents=True)
+    with exclusive_lock(tmp_path / "bank" / ".build.alpha.lock"):  # rank zero holds it while it trains
+        bank = bank_spec.build(spec, {}, _opt(), None, TRAINER)
+    assert bank.names() == ["alpha"] and bank["alpha"].sha256 == published[0]["alpha"].sha256
+    assert not list((tmp_path / "bank").glob("adapters/*"))  # rank 1 wrote no adapter of its own

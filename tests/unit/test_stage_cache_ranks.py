@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kexpert.pipeline.cache import RANK_ENV_VARS, StageCache, process_rank
+from kexpert.pipeline.cache import StageCache
+from kexpert.utils.distributed import RANK_ENV_VARS, process_rank
 from kexpert.utils.io import exclusive_lock
 
 
