@@ -10,8 +10,9 @@ table and JSON.
     KEXPERT_DATA_DIR=../shared/data python experiments/eval/bench_vs_lm_eval.py --items 200 --threads 1
     python experiments/eval/bench_vs_lm_eval.py --tasks boolq --items 40 --unshared   # also the unshared path
 
-Engines: ``kexpert`` (shared-prefix scoring, the default), ``kexpert-unshared`` (``share_prefix=False``, the
-scorer before; with ``--unshared``) and ``lm-eval``. Trailing arguments are Hydra overrides of ``conf/eval.yaml``.
+Engines: ``kexpert`` (shared-prefix scoring, the default: packed options), ``kexpert-kv`` (``share_prefix=kv``,
+the KV-cache scorer; with ``--kv``), ``kexpert-unshared`` (``share_prefix=False``, the scorer before; with
+``--unshared``) and ``lm-eval``. Trailing arguments are Hydra overrides of ``conf/eval.yaml``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def chunk_items(items: list, chunk: int) -> list[list]:
     return chunks + ([cur] if cur else [])
 
 
-def make_engines(model, tok, batch_size: int, unshared: bool) -> dict:
+def make_engines(model, tok, batch_size: int, unshared: bool, kv: bool = False) -> dict:
     """Name -> function(list of pairs) -> list of log-likelihoods."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -66,7 +67,7 @@ def make_engines(model, tok, batch_size: int, unshared: bool) -> dict:
         reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
         return [r[0] for r in hflm.loglikelihood(reqs, disable_tqdm=True)]
 
-    def kexpert_fn(share: bool):
+    def kexpert_fn(share: bool | str):
         def fn(pairs):
             scores = score_continuations(model, tok, pairs, batch_size=batch_size, share_prefix=share)
             return [s.logprob for s in scores]
@@ -76,6 +77,8 @@ def make_engines(model, tok, batch_size: int, unshared: bool) -> dict:
     engines = {"kexpert": kexpert_fn(True), "lm-eval": lm_eval_fn}
     if unshared:
         engines["kexpert-unshared"] = kexpert_fn(False)
+    if kv:
+        engines["kexpert-kv"] = kexpert_fn("kv")
     return engines
 
 
@@ -173,7 +176,7 @@ def bench_task(name: str, items, engines: dict, chunk: int, clock: StageClock) -
 
 def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
     """The results table with the conditions it was measured under."""
-    extra = [n for n in ("kexpert-unshared",) if any(f"ratio_{n}" in r for r in results)]
+    extra = [n for n in ("kexpert-kv", "kexpert-unshared") if any(f"ratio_{n}" in r for r in results)]
     head = (
         "| task | items | requests | kexpert s | lm-eval s | ratio kexpert/lm-eval | CPU-time ratio "
         "| choice agreement | max abs dLL |"
@@ -238,6 +241,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="batch size of both engines")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("KEXPERT_NUM_THREADS", "1")))
     ap.add_argument("--unshared", action="store_true", help="also time kexpert with share_prefix=False")
+    ap.add_argument("--kv", action="store_true", help="also time kexpert with share_prefix=kv (the KV-cache scorer)")
     ap.add_argument("--out", type=Path, default=HERE / "bench_vs_lm_eval.md", help="Markdown; JSON beside it")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/eval.yaml")
     args = ap.parse_args()
@@ -253,7 +257,7 @@ def main() -> None:
             spec = instantiate(cfg.base_model)
             model, tok = spec.load()
             model.eval()
-            engines = make_engines(model, tok, args.batch_size, args.unshared)
+            engines = make_engines(model, tok, args.batch_size, args.unshared, args.kv)
             clock = StageClock(model)
             warm = build_items(task, spec, tok, 4, args.seed + 1)
             for fn in engines.values():
@@ -268,7 +272,8 @@ def main() -> None:
         "command": "python experiments/eval/bench_vs_lm_eval.py "
         + f"--tasks {' '.join(args.tasks)} --items {args.items} --chunk {args.chunk} "
         + f"--batch-size {args.batch_size} --threads {args.threads}"
-        + (" --unshared" if args.unshared else ""),
+        + (" --unshared" if args.unshared else "")
+        + (" --kv" if args.kv else ""),
         "model": spec.hf_id or spec.name,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(model.device),

@@ -56,7 +56,7 @@ def evaluate(
     sandbox_timeout_s: float = 10.0,
     progress: bool = True,
     adapter_name: str | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool | str = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``task``.
 
@@ -76,8 +76,9 @@ def evaluate(
         sandbox_timeout_s: Per-program wall-clock limit for MBPP.
         progress: Progress bars.
         adapter_name: For peft models with several adapters: score every item with this one.
-        share_prefix: Score each item's options after one shared forward of its context (``eval.share_prefix``;
-            False: one whole-sequence forward per option, the same log-likelihoods to ~1e-4).
+        share_prefix: Forward each item's context once for all its options (``eval.share_prefix``: true or
+            ``packed`` = one row under a block mask, ``kv`` = after the context's KV cache; False: one
+            whole-sequence forward per option; the same log-likelihoods to ~1e-4).
 
     Returns:
         The :class:`EvalResult`.
@@ -134,7 +135,7 @@ def option_logliks(
     max_length: int = 2048,
     progress: bool = False,
     adapter_name: str | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool | str = True,
 ) -> list[list[tuple[str, float]]]:
     """What log-likelihood mode ranks: per item, per option, the scored continuation and its log-likelihood.
 

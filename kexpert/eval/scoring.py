@@ -7,8 +7,10 @@ BOS is scored inside a response (the official ``compute_ppl.py`` bug, docs/metho
 left-padded with explicit position ids, and the LM head runs only on the last positions that predict
 continuation tokens (``logits_to_keep``), which saves the 49k-vocab projection over the prompt.
 
-By default the options of an item, which share their context, are scored after one forward of that shared
-prefix (:mod:`kexpert.eval.prefix_cache`; ``share_prefix=False`` forwards every pair whole, as before).
+By default the options of an item, which share their context, are scored in one row holding the context once and
+every option after it, kept apart by a block attention mask (:mod:`kexpert.eval.packed_options`);
+``share_prefix="kv"`` scores them after the context's KV cache instead (:mod:`kexpert.eval.prefix_cache`), and
+``share_prefix=False`` forwards every pair whole.
 """
 
 from __future__ import annotations
@@ -16,11 +18,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from kexpert.eval.packed_options import score_groups_packed
 from kexpert.eval.prefix_cache import left_pad, plan_groups, score_groups
+from kexpert.utils.errors import ConfigError
+
+SHARE_PREFIX_MODES = (True, False, "packed", "kv")
+"""``share_prefix`` values: ``true`` = ``packed``; ``kv`` = the KV-cache scorer; ``false`` = whole sequences."""
+
+
+def share_prefix_mode(value: Any, key: str = "eval.share_prefix") -> bool | str:
+    """A checked ``share_prefix`` setting (``true``, ``false``, ``packed`` or ``kv``).
+
+    Raises:
+        ConfigError: any other value (the message names ``key``).
+    """
+    if value not in SHARE_PREFIX_MODES or isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true|false|packed|kv, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,7 @@ def score_continuations(
     max_length: int | None = None,
     adapter_names: Sequence[str] | None = None,
     progress: bool | str = False,
-    share_prefix: bool = True,
+    share_prefix: bool | str = True,
 ) -> list[ContinuationScore]:
     """Score ``(context, continuation)`` pairs.
 
@@ -87,16 +106,19 @@ def score_continuations(
         max_length: Truncate the context from the left beyond this many tokens.
         adapter_names: Optional per-pair peft adapter name (mixed-adapter batches; ``"__base__"`` = no adapter).
         progress: Show a progress bar (a string is used as its description).
-        share_prefix: Score the pairs that share their context tokens (the options of an item) after one forward
-            of that shared prefix (:mod:`kexpert.eval.prefix_cache`); the other pairs, or all of them when false,
-            go through whole-sequence forwards in length-sorted batches. Both give the same log-likelihoods up
-            to float rounding.
+        share_prefix: Forward the context tokens that pairs share (the options of an item) once. ``true`` or
+            ``packed``: the context and all its options in one row, apart under a block attention mask
+            (:mod:`kexpert.eval.packed_options`); ``kv``: the options after the context's KV cache
+            (:mod:`kexpert.eval.prefix_cache`). Pairs that share nothing, or all pairs when ``false``, go
+            through whole-sequence forwards in length-sorted batches. All give the same log-likelihoods up to
+            float rounding.
 
     Returns:
         One :class:`ContinuationScore` per pair, in input order.
     """
     if adapter_names is not None and len(adapter_names) != len(pairs):
         raise ValueError("adapter_names must have one entry per pair")
+    share_prefix_mode(share_prefix, "share_prefix")
     encoded = [encode_pair(tokenizer, c, x, max_length) for c, x in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[ContinuationScore | None] = [None] * len(pairs)
@@ -110,7 +132,8 @@ def score_continuations(
             out[i] = ContinuationScore(logprob, n, greedy)
 
         if groups:
-            score_groups(model, groups, batch_size, pad_id, done, bar.update)
+            scorer = score_groups if share_prefix == "kv" else score_groups_packed
+            scorer(model, groups, batch_size, pad_id, done, bar.update)
         _score_unshared(model, encoded, rest, batch_size, pad_id, adapter_names, done, bar.update)
     finally:
         bar.close()

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kexpert.eval.evaluator import EvalResult, evaluate
+from kexpert.eval.scoring import share_prefix_mode
 from kexpert.models.adapter import check_adapter_fits, load_adapter
 from kexpert.models.factory import BaseModelSpec
 from kexpert.tasks.task import Task
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> EvalResult:
         max_length=ev.max_length,
         sandbox_timeout_s=ev.sandbox_timeout_s,
         progress=ev.progress,
-        share_prefix=bool(ev.get("share_prefix", True)),
+        share_prefix=share_prefix_mode(ev.get("share_prefix", True)),
     )
     adapter = cfg.get("adapter")
     metrics = {

@@ -11,6 +11,7 @@ from kexpert.eval import prefix_cache
 from kexpert.eval.prefix_cache import CausalLM, partition, plan_groups
 from kexpert.eval.scoring import encode_pair, score_continuations
 from kexpert.models.inject import LoRAMoESpec, inject_lora_moe
+from kexpert.utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,20 +47,27 @@ def choices(scores, items=ITEMS) -> list[int]:
     return out
 
 
+MODES = ["packed", "kv"]  # share_prefix=true is packed
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 8])
-def test_shared_prefix_equals_whole_sequence_scoring(tiny_model, tiny_tokenizer, batch_size):
+def test_shared_prefix_equals_whole_sequence_scoring(tiny_model, tiny_tokenizer, batch_size, mode):
     pairs = item_pairs()
     unshared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size, share_prefix=False)
-    shared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size)
+    shared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size, share_prefix=mode)
     assert_same(shared, unshared)
     assert choices(shared) == choices(unshared)
 
 
-def test_order_and_interleaving_do_not_matter(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("mode", MODES)
+def test_order_and_interleaving_do_not_matter(tiny_model, tiny_tokenizer, mode):
     pairs = item_pairs()
     ref = score_continuations(tiny_model, tiny_tokenizer, pairs, share_prefix=False)
     perm = list(reversed(range(len(pairs))))[::2] + list(reversed(range(len(pairs))))[1::2]
-    shuffled = score_continuations(tiny_model, tiny_tokenizer, [pairs[i] for i in perm], batch_size=2)
+    shuffled = score_continuations(
+        tiny_model, tiny_tokenizer, [pairs[i] for i in perm], batch_size=2, share_prefix=mode
+    )
     assert_same([shuffled[perm.index(i)] for i in range(len(pairs))], ref)
 
 
@@ -67,7 +75,7 @@ def test_single_token_options_need_no_option_pass(tiny_model, tiny_tokenizer, mo
     items = [("Passage one.\nQuestion: is it?\nAnswer:", [" y", " n"]), ("Short?", [" y", " n"])]
     calls = []
     monkeypatch.setattr(prefix_cache, "_option_pass", lambda *a, **k: calls.append(a))
-    shared = score_continuations(tiny_model, tiny_tokenizer, item_pairs(items))
+    shared = score_continuations(tiny_model, tiny_tokenizer, item_pairs(items), share_prefix="kv")
     assert not calls
     monkeypatch.undo()
     assert_same(shared, score_continuations(tiny_model, tiny_tokenizer, item_pairs(items), share_prefix=False))
@@ -79,7 +87,7 @@ def test_small_windows_and_option_batches(tiny_model, tiny_tokenizer, monkeypatc
     monkeypatch.setattr(prefix_cache, "OPTION_TOKENS_PER_SEQUENCE", 2)
     pairs = item_pairs()
     assert_same(
-        score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=2),
+        score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=2, share_prefix="kv"),
         score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=2, share_prefix=False),
     )
 
@@ -92,7 +100,7 @@ def test_common_leading_tokens_of_all_contexts_are_forwarded_once(tiny_model, ti
     window_head = prefix_cache._window_head
     monkeypatch.setattr(prefix_cache, "_window_head", lambda *a: heads.append(window_head(*a)) or heads[-1])
     pairs = item_pairs(items)
-    shared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size)
+    shared = score_continuations(tiny_model, tiny_tokenizer, pairs, batch_size=batch_size, share_prefix="kv")
     assert heads and heads[0] == len(demo)  # byte tokens: one per character
     unshared = score_continuations(tiny_model, tiny_tokenizer, pairs, share_prefix=False)
     assert_same(shared, unshared)
@@ -199,17 +207,19 @@ def test_lora_moe_routes_option_tokens_the_same_after_a_kv_cache(tiny_model, tin
     assert any(len(torch.unique(r[:, 0])) > 1 for r in routes.values())  # tokens do go to different experts
 
 
-def test_lora_moe_scores_equal(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("mode", MODES)
+def test_lora_moe_scores_equal(tiny_model, tiny_tokenizer, mode):
     model, _ = random_moe(tiny_model)
     pairs = item_pairs()
     for bs in (2, 8):
-        shared = score_continuations(model, tiny_tokenizer, pairs, batch_size=bs)
+        shared = score_continuations(model, tiny_tokenizer, pairs, batch_size=bs, share_prefix=mode)
         unshared = score_continuations(model, tiny_tokenizer, pairs, batch_size=bs, share_prefix=False)
         assert_same(shared, unshared)
         assert choices(shared) == choices(unshared)
 
 
-def test_peft_mixed_adapter_batches(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("mode", MODES)
+def test_peft_mixed_adapter_batches(tiny_model, tiny_tokenizer, mode):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
@@ -221,10 +231,34 @@ def test_peft_mixed_adapter_batches(tiny_model, tiny_tokenizer):
     names = ["one", "two", "__base__"]
     all_pairs = [p for _ in names for p in pairs]
     adapters = [n for n in names for _ in pairs]
-    shared = score_continuations(model, tiny_tokenizer, all_pairs, batch_size=3, adapter_names=adapters)
+    shared = score_continuations(
+        model, tiny_tokenizer, all_pairs, batch_size=3, adapter_names=adapters, share_prefix=mode
+    )
     unshared = score_continuations(
         model, tiny_tokenizer, all_pairs, batch_size=3, adapter_names=adapters, share_prefix=False
     )
     assert_same(shared, unshared)
     k = len(pairs)
     assert any(abs(shared[i].logprob - shared[i + k].logprob) > 1e-3 for i in range(k))  # the adapters differ
+
+
+def test_packed_rows_and_block_mask(tiny_tokenizer):
+    from kexpert.eval.packed_options import block_mask, packed_row
+
+    encoded = [encode_pair(tiny_tokenizer, "Q:", opt) for opt in (" ab", " ac", " d")]
+    (group,), rest = plan_groups(encoded)
+    assert not rest and len(group.members) == 3
+    tokens, positions, segments = packed_row(group)
+    assert tokens == group.prefix + [s for suf in group.suffixes for s in suf[:-1]]
+    p = len(group.prefix)
+    assert positions[:p] == list(range(p)) and segments[:p] == [0] * p
+    mask = block_mask([[0, 0, 1, 1, 2]], 6, torch.float32, "cpu")[0, 0] == 0  # one pad column first
+    assert mask[0].tolist() == [True, False, False, False, False, False]  # padding sees itself only
+    assert mask[3].tolist() == [False, True, True, True, False, False]  # segment 1: the prefix and itself, causal
+    assert mask[4].tolist() == [False, True, True, True, True, False]
+    assert mask[5].tolist() == [False, True, True, False, False, True]  # segment 2 never sees segment 1
+
+
+def test_share_prefix_rejects_unknown_modes(tiny_model, tiny_tokenizer):
+    with pytest.raises(ConfigError, match="share_prefix"):
+        score_continuations(tiny_model, tiny_tokenizer, item_pairs(ITEMS[:1]), share_prefix="cache")

@@ -11,6 +11,7 @@ from kexpert.data.decontam import EvalIndex, find_overlaps
 from kexpert.data.records import Instruction
 from kexpert.eval.evaluator import evaluate
 from kexpert.eval.per_expert import evaluate_experts_alone
+from kexpert.eval.scoring import share_prefix_mode
 from kexpert.models.factory import BaseModelSpec
 from kexpert.pipeline.cache import StageCache
 from kexpert.pipeline.keys import clean, node
@@ -63,7 +64,7 @@ def evaluator_kwargs(eval_cfg: DictConfig) -> dict[str, Any]:
         "max_length": eval_cfg.max_length,
         "sandbox_timeout_s": eval_cfg.sandbox_timeout_s,
         "progress": eval_cfg.progress,
-        "share_prefix": bool(eval_cfg.get("share_prefix", True)),
+        "share_prefix": share_prefix_mode(eval_cfg.get("share_prefix", True)),
     }
 
 
