@@ -31,6 +31,13 @@ SHARE_PREFIX_MODES = (True, False, "packed", "kv")
 """``share_prefix`` values: ``true`` = ``packed``; ``kv`` = the KV-cache scorer; ``false`` = whole sequences."""
 
 
+def takes_4d_masks(model) -> bool:
+    """Whether ``model``'s attention takes a custom 4-D mask (flash-attention kernels do not: they get ``kv``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    impl = str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
+    return not impl.startswith(("flash", "paged"))
+
+
 def share_prefix_mode(value: Any, key: str = "eval.share_prefix") -> bool | str:
     """A checked ``share_prefix`` setting (``true``, ``false``, ``packed`` or ``kv``).
 
@@ -132,7 +139,7 @@ def score_continuations(
             out[i] = ContinuationScore(logprob, n, greedy)
 
         if groups:
-            scorer = score_groups if share_prefix == "kv" else score_groups_packed
+            scorer = score_groups if share_prefix == "kv" or not takes_4d_masks(model) else score_groups_packed
             scorer(model, groups, batch_size, pad_id, done, bar.update)
         _score_unshared(model, encoded, rest, batch_size, pad_id, adapter_names, done, bar.update)
     finally:

@@ -262,3 +262,17 @@ def test_packed_rows_and_block_mask(tiny_tokenizer):
 def test_share_prefix_rejects_unknown_modes(tiny_model, tiny_tokenizer):
     with pytest.raises(ConfigError, match="share_prefix"):
         score_continuations(tiny_model, tiny_tokenizer, item_pairs(ITEMS[:1]), share_prefix="cache")
+
+
+def test_flash_attention_models_fall_back_to_the_kv_scorer(tiny_model, tiny_tokenizer, monkeypatch):
+    from kexpert.eval import scoring
+
+    assert scoring.takes_4d_masks(tiny_model)
+    monkeypatch.setattr(tiny_model.config, "_attn_implementation", "flash_attention_2")
+    assert not scoring.takes_4d_masks(tiny_model)
+    used = []
+    monkeypatch.setattr(scoring, "score_groups", lambda *a: used.append("kv"))
+    monkeypatch.setattr(scoring, "score_groups_packed", lambda *a: used.append("packed"))
+    monkeypatch.setattr(scoring, "_score_unshared", lambda *a: None)
+    score_continuations(tiny_model, tiny_tokenizer, item_pairs(ITEMS[:1]))
+    assert used == ["kv"]
