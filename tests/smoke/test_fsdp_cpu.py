@@ -25,7 +25,7 @@ NARROW = [
     "+base_model.tiny.num_attention_heads=4",
     "+base_model.tiny.num_key_value_heads=2",
 ]
-NO_CLIP = "trainer.gradient_clip_val=null"  # fsdp.yaml cannot clip (Lightning's FSDP plugin): compare without
+NO_CLIP = "trainer.gradient_clip_val=null"  # equality unclipped; clipped: tests/smoke/test_fsdp_clip_cpu.py
 pytestmark = pytest.mark.slow
 
 
