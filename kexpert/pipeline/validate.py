@@ -5,6 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from kexpert.utils.errors import InvalidGridPoint
+from kexpert.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -20,6 +23,11 @@ def validate_config(cfg: DictConfig) -> None:
         n, k = int(moe.num_experts), int(moe.top_k)
         if not 1 <= k <= n:
             raise InvalidGridPoint(f"moe.top_k={k} must be between 1 and moe.num_experts={n}")
+        if k == 1 and n > 1 and str(cfg.get("method", {}).get("name", "")) in ("rocket", "mixlora", "mixlora_data"):
+            log.warning(
+                "moe.top_k=1: the router gets no gradient (the softmax over one selected logit is always 1), so "
+                "training leaves the routing where its init put it (docs/method.md §6)"
+            )
     sel = cfg.get("expert_selection")
     if sel is not None and moe is not None and sel.get("num_experts") is not None:
         if int(sel.num_experts) != int(moe.num_experts):

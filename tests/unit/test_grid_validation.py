@@ -40,3 +40,12 @@ def test_invalid_grid_points_raise_the_dedicated_error(cfg):
 def test_invalid_grid_point_is_a_config_error_but_not_every_config_error_is_one():
     assert issubclass(InvalidGridPoint, ConfigError)
     assert not isinstance(ConfigError("x"), InvalidGridPoint)
+
+
+def test_top_k_one_warns_that_the_router_cannot_learn(caplog):
+    cfg = {"k_shot": 5, "moe": {"num_experts": 4, "top_k": 1}, "method": {"name": "rocket"}}
+    with caplog.at_level("WARNING", logger="kexpert.pipeline.validate"):
+        validate_config(OmegaConf.create(cfg))
+        validate_config(OmegaConf.create({**cfg, "moe": {"num_experts": 4, "top_k": 2}}))
+        validate_config(OmegaConf.create({**cfg, "method": {"name": "uniform_merge"}}))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["moe.top_k=1"]
