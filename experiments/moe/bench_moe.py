@@ -13,9 +13,9 @@ Each child does ``--warmup`` + ``--steps`` AdamW training steps on ``--batch x -
 all tokens), then greedy generation with the KV cache (batch 1, 64 new tokens) and reports step times, peak RSS and
 tokens/s. ``layer`` mode times one 7B-shaped layer (4096 x 4096, bf16 on a GPU).
 
-    python experiments/moe/bench_moe.py all --rounds 2 --out experiments/moe/results/bench_cpu.json
+    python experiments/moe/bench_moe.py all --rounds 2 --out experiments/moe/results/bench_cpu/bench_cpu.json
     python experiments/moe/bench_moe.py interleaved --rounds 4 --new-tokens 32 \
-        --out experiments/moe/results/bench_cpu_interleaved.json
+        --out experiments/moe/results/bench_cpu/bench_cpu_interleaved.json
     python experiments/moe/bench_moe.py gen --rounds 2 --new-tokens 32 --gen-repeats 2 \
         --out experiments/moe/results/gen_cpu.json
     python experiments/moe/bench_moe.py layer --device cuda --dtype bfloat16     # needs a GPU
@@ -478,7 +478,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--gen-repeats", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "experiments" / "moe" / "results" / "bench_cpu.json"))
+    p.add_argument("--out", default=str(ROOT / "experiments" / "moe" / "results" / "bench_cpu" / "bench_cpu.json"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--d", type=int, default=4096)
