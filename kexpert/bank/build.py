@@ -18,10 +18,7 @@ set is an error.
 
 from __future__ import annotations
 
-import atexit
 import random
-import shutil
-import tempfile
 import time
 import zlib
 from contextlib import nullcontext
@@ -36,7 +33,7 @@ from kexpert.data.decontam import EvalIndex, find_overlaps
 from kexpert.data.pools import load_pool_file
 from kexpert.data.records import Instruction
 from kexpert.training.lora import LoRAShape, TrainRecipe, train_entry
-from kexpert.utils.distributed import process_rank
+from kexpert.utils.distributed import process_rank, rank_private_dir
 from kexpert.utils.errors import ConfigError, DataError
 from kexpert.utils.io import exclusive_lock
 from kexpert.utils.logging import get_logger
@@ -371,9 +368,7 @@ class BankBuildSpec:
 
     def _private_dir(self, rank: int) -> Path:
         """The work dir of a rank > 0 training an entry along with rank zero (it saves nothing; removed at exit)."""
-        self.root_path.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f".rank{rank}.", dir=self.root_path))
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        path = rank_private_dir(self.root_path, f".rank{rank}.")
         log.info("bank %s: rank %d trains along with rank zero in %s (rank zero publishes)", self.name, rank, path)
         return path
 

@@ -11,24 +11,23 @@ say, ``moe.top_k`` hashes to the same selection keys and reuses them.
 Under multi-process training (Lightning DDP / FSDP / DeepSpeed, torchrun, SLURM tasks) only rank zero takes the lock
 and publishes: Lightning re-executes ``train.py`` for the other ranks while rank zero holds the ``train`` stage's
 lock inside ``trainer.fit``, so a rank that waited for that lock would wait for ever while rank zero waits for it in
-a collective. A non-zero rank (:func:`process_rank`) reuses a published artifact like any process, and otherwise
-builds into a private temporary directory (seeded with a copy of the partial work, so a resumed training starts from
-the same checkpoint on every rank) that it never publishes and that is deleted when the process exits.
+a collective. A non-zero rank (:func:`kexpert.utils.distributed.process_rank`) reuses a published artifact like
+any process, and otherwise builds into a private temporary directory (seeded with a copy of the partial work, so a
+resumed training starts from the same checkpoint on every rank) that it never publishes and that is deleted when
+the process exits.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexpert.utils.distributed import process_rank
+from kexpert.utils.distributed import process_rank, rank_private_dir
 from kexpert.utils.io import exclusive_lock, read_json, replace_dir, sha1_of, write_json
 from kexpert.utils.logging import get_logger
 
@@ -130,9 +129,7 @@ class StageCache:
             rank: This process's rank (names the directory).
             fn: Writes the artifact's files into the directory it is given.
         """
-        work.parent.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix=f".{key}.rank{rank}.", dir=work.parent))
-        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        private = rank_private_dir(work.parent, f".{key}.rank{rank}.")
         if work.is_dir():
             shutil.copytree(work, private, dirs_exist_ok=True)
         log.info("stage %s: rank %d builds in %s (rank zero publishes the artifact)", stage, rank, private)

@@ -6,7 +6,11 @@ but never take a publish lock that rank zero may hold while it waits for them.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -32,3 +36,11 @@ def process_rank() -> int:
         if rank != 0:
             return rank
     return 0
+
+
+def rank_private_dir(parent: Path, prefix: str) -> Path:
+    """A new directory under ``parent`` for this process's own work (a rank > 0), removed when the process exits."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

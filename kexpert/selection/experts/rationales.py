@@ -16,6 +16,7 @@ rationale used is written next to ``experts.json`` so it can be inspected.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,14 @@ class RationaleConfig:
             raise ConfigError("expert_selection.signals.rationale.prompt must contain {question} and {answer}")
 
 
+def _setting(generator: Any, key: str) -> Any:
+    """``key`` of a generator setting: a config mapping or an instantiated ``BaseModelSpec``."""
+    return generator.get(key) if isinstance(generator, Mapping) else getattr(generator, key, None)
+
+
 def uses_base_model(generator: Any) -> bool:
     """Whether a ``generator`` setting means the base model itself (``None``, or ``{name: base}`` without a target)."""
-    if generator is None:
-        return True
-    get = generator.get if hasattr(generator, "get") else lambda k, d=None: getattr(generator, k, d)
-    return get("_target_") is None and get("name") == "base"
+    return generator is None or (_setting(generator, "_target_") is None and _setting(generator, "name") == "base")
 
 
 def normalize_question(text: str) -> str:
@@ -224,8 +227,7 @@ def _cached_generation(cfg, task, pending, cache_dir, generator_loader, generato
             "task": task.name,
         }
     )
-    gen = cfg.generator
-    name = "base" if uses_base_model(gen) else str(gen.get("name") if hasattr(gen, "get") else gen.name)
+    name = "base" if uses_base_model(cfg.generator) else str(_setting(cfg.generator, "name"))
     path = Path(cache_dir) / "rationales" / task.name / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}-{key}.jsonl"
     cached = {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
     todo = [ex for ex in pending if ex.id not in cached]
