@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,9 @@ def race(tmp_path: Path, fixture_data_dir: Path) -> None:
     for name in ("alpaca_demo", "commonsense_qa"):
         trained = sum(f"{name} (8 items)" in out for out in outs)
         reused = sum(f"{name} was built by another process; reused" in out for out in outs)
-        assert trained == 1 and trained + reused == BUILDERS, (name, trained, reused)
+        # a builder that started after the entry was published never lists it as missing (timing on a loaded machine)
+        wanted = sum(bool(re.search(rf"missing LoRA entries \([^)]*\b{name}\b", out)) for out in outs)
+        assert trained == 1 and trained + reused == wanted, (name, trained, reused, wanted)
         assert (root / "adapters" / name / "adapter_model.safetensors").exists()
     assert not list((root / "adapters").glob(".*"))  # no temp dir left behind
     assert all("bank fixture_2: 2 entries" in out for out in outs)
