@@ -79,7 +79,7 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def analyze(run: Path, domains: dict[str, str], limit: int, seed: int) -> dict:
+def analyze(run: Path, domains: dict[str, str], limit: int, seed: int, num_fewshot: int = 0) -> dict:
     """Routing and per-expert NLL by domain, trained and untrained."""
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     base_spec = instantiate(cfg.base_model)
@@ -89,11 +89,18 @@ def analyze(run: Path, domains: dict[str, str], limit: int, seed: int) -> dict:
     names = [e["name"] for e in train_info["experts"]]
     texts = {}
     for dom, task_name in domains.items():
-        task = instantiate(cfg.bank_tasks[task_name])
+        # zero-shot by default: a few-shot prompt would repeat the same demonstrations in every text
+        task = instantiate(cfg.bank_tasks[task_name], num_fewshot=num_fewshot)
         texts[dom] = eval_texts(task, task.eval_examples(limit=limit, seed=seed), base_spec.prompt_format, tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    out: dict = {"run": str(run), "experts": names, "router_seed": train_info["router_seed"], "domains": {}}
+    out: dict = {
+        "run": str(run),
+        "experts": names,
+        "router_seed": train_info["router_seed"],
+        "domains": {},
+        "num_fewshot": num_fewshot,
+    }
     for dom, t in texts.items():
         nll = {}
         for i, name in enumerate(names):
@@ -208,11 +215,12 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--specialist", action="append", required=True, help="DOMAIN=EXPERT_NAME")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-fewshot", type=int, default=0, help="demonstrations in each domain's prompts")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default="specialists")
     args = ap.parse_args()
     domains, specialists = _pairs(args.domain, "--domain"), _pairs(args.specialist, "--specialist")
-    res = analyze(args.run, domains, args.limit, args.seed)
+    res = analyze(args.run, domains, args.limit, args.seed, args.num_fewshot)
     for sd, sname in specialists.items():
         if sd not in res["domains"] or sname not in res["experts"]:
             raise SystemExit(f"--specialist {sd}={sname}: unknown domain or expert (experts: {res['experts']})")
