@@ -209,18 +209,16 @@ def main() -> None:
         print(
             "| bucket | n | MoE % | "
             + " | ".join(f"{e} alone %" for e in ex)
-            + " | best single % | "
-            + " | ".join(f"{n} %" for n in names)
-            + " |"
+            + " | best single % |"
+            + "".join(f" {n} % |" for n in names)
         )
         print("|---|---|---|" + "---|" * (len(ex) + 1 + len(names)))
         for key, row in t["rows"].items():
             print(
                 f"| {key} | {row['n']} | {_f(row['moe'])} | "
                 + " | ".join(_f(row[e]) for e in ex)
-                + f" | {_f(row['best_single'])} | "
-                + " | ".join(_f(row.get(n)) for n in names)
-                + " |"
+                + f" | {_f(row['best_single'])} |"
+                + "".join(f" {_f(row.get(n))} |" for n in names)
             )
 
     if len(t5) > 1:
