@@ -5,8 +5,8 @@ Reads the run dirs ``run_grid.sh`` writes (``<task>_rocket_lr<m>_s<draw>[_ep10]`
 
 1. one row per (variant, router lr): accuracy mean ± std over draws; router drift ||W - W0|| / ||W0||; correlation
    of the routing with the same-seed untrained MoE (``routing.init_agreement.r``); per-token router entropy at the
-   last logged step (log 4 = 1.386 uniform); the concentration of routing (mean over layers of the largest expert's
-   top-k share; 0.5 = uniform top-2 of 4, 1.0 = one expert in every token's top-k);
+   last logged step (log 4 = 1.386 uniform); the share of tokens of the model-wide most used expert (mean over
+   layers of the fraction of tokens whose top-k includes it; 0.5 = uniform top-2 of 4, 1.0 = every token);
 2. paired on the same eval items, per draw: wins/losses and the exact sign test against the uniform merge of the
    same experts (same draw) and against router lr x1 (same draw);
 3. Table 5 pooled over the ``eval.per_expert`` runs of the task (the MoE vs its best single expert on Mixed items).
@@ -30,12 +30,20 @@ from table5 import _f, _read_json, paired, run_row, table5  # noqa: E402
 NAME = re.compile(r"^(?P<task>[a-z_]+?)_(?P<variant>rocket|ro)_lr(?P<lr>\d+)_s(?P<draw>\d+)(?P<ep>_ep\d+)?$")
 
 
-def concentration(run: Path) -> float | None:
-    """Mean over layers of the largest expert's share of tokens (k/N uniform; 1.0 = in every token's top-k)."""
+def concentration(run: Path) -> tuple[float, str] | None:
+    """The expert with the largest share over all layers, and its share of tokens (mean over layers).
+
+    The share is the fraction of tokens whose top-k includes it (k/N for uniform routing, 1.0 = every token in
+    every layer). An untrained router is sparse per layer but favours different experts in different layers, so
+    one expert for the whole model is what training towards a useful expert produces.
+    """
     r = _read_json(run / "routing" / "routing.json")
     if not r:
         return None
-    return statistics.fmean(max(f) for f in r["fractions"])
+    n = len(r["experts"])
+    means = [statistics.fmean(f[i] for f in r["fractions"]) for i in range(n)]
+    top = max(range(n), key=means.__getitem__)
+    return means[top], r["experts"][top]
 
 
 def _ms(xs: list[float | None], pct: bool = False, nd: int = 3) -> str:
@@ -76,12 +84,14 @@ def main() -> None:  # noqa: D103
         print(f"\n## {task}\n")
         print(
             "| variant | router lr | epochs | draws | acc % (mean ± std) | router drift | r with untrained routing "
-            "| router entropy | routing concentration | vs uniform merge, per draw (W/L, p) | vs lr x1, per draw |"
+            "| router entropy | top expert's share (which) | vs uniform merge, per draw (W/L, p) | vs x1, per draw |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for (variant, lr, ep), runs in sorted(cells.items()):
             rows = {d: run_row(p, 0) for d, p in sorted(runs.items())}
-            conc = [concentration(p) for p in runs.values()]
+            conc_named = [concentration(p) for p in runs.values()]
+            conc = [c[0] if c else None for c in conc_named]
+            top_names = sorted({c[1] for c in conc_named if c})
             vs_u, vs_1 = [], []
             for d, p in sorted(runs.items()):
                 if d in uni:
@@ -96,7 +106,7 @@ def main() -> None:  # noqa: D103
                 f"| {'router-only' if variant == 'ro' else 'ROCKET'} | x{lr} | {ep} | {len(runs)} | "
                 f"{_ms([r['acc'] for r in rs], True, 1)} | {_ms([r.get('drift/router') for r in rs])} | "
                 f"{_ms([r.get('init_r') for r in rs])} | {_ms([r.get('router/entropy') for r in rs])} | "
-                f"{_ms(conc)} | {'; '.join(vs_u) or '—'} | {'; '.join(vs_1) or '—'} |"
+                f"{_ms(conc)} ({', '.join(top_names)}) | {'; '.join(vs_u) or '—'} | {'; '.join(vs_1) or '—'} |"
             )
             dump.setdefault(task, {})[f"{variant}_lr{lr}_ep{ep}"] = {
                 str(d): {
