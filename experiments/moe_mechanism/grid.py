@@ -77,7 +77,11 @@ def main() -> None:  # noqa: D103
     ap.add_argument("root", type=Path)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if not args.root.is_dir():
+        raise SystemExit(f"{args.root}: expected a folder of grid run dirs (<task>_rocket_lr<m>_s<draw>, ...)")
     g = collect(args.root)
+    if not g["cells"]:
+        raise SystemExit(f"{args.root}: no run dir named <task>_rocket_lr<m>_s<draw> or <task>_ro_lr<m>_s<draw>")
     dump: dict = {}
     for task, cells in g["cells"].items():
         uni = g["uniform"].get(task, {})

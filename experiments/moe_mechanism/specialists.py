@@ -197,7 +197,7 @@ def plot(res: dict, specialists: dict[str, str], path: Path) -> None:
             ax.plot([r[i] for r in dd["trained"]["share"]], color=c, lw=2, label=f"{d} tokens, trained")
             ax.plot([r[i] for r in dd["untrained"]["share"]], color=c, lw=1, ls="--", label=f"{d} tokens, untrained")
         k = res["domains"][doms[0]]["trained"]["top_k"]
-        ax.axhline(k / len(names) / k, color="grey", lw=0.5)
+        ax.axhline(1 / len(names), color="grey", lw=0.5)  # uniform routing
         ax.set_ylim(0, 1.0 / k + 0.02)
         ax.set_ylabel("top-k share")
         ax.set_title(f"{sname} (the {sd} specialist): share of tokens routed to it, by token domain")
@@ -224,14 +224,14 @@ def main() -> None:  # noqa: D103
     for sd, sname in specialists.items():
         if sd not in res["domains"] or sname not in res["experts"]:
             raise SystemExit(f"--specialist {sd}={sname}: unknown domain or expert (experts: {res['experts']})")
+    if not all(math.isfinite(v) for d in res["domains"].values() for v in d["nll_alone_trained"].values()):
+        raise SystemExit(f"{args.run}: an expert's NLL is not finite; nothing written")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
     md = summarize(res, specialists)
     (args.out / f"{args.name}.md").write_text(md)
     plot(res, specialists, args.out / f"{args.name}.png")
     print(md)
-    if not all(math.isfinite(v) for d in res["domains"].values() for v in d["nll_alone_trained"].values()):
-        raise SystemExit("non-finite NLL")
 
 
 if __name__ == "__main__":

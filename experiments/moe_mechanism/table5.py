@@ -19,7 +19,11 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "study_smollm2"))
+from paired import load_run, sign_test_p  # noqa: E402  (the study's paired-test helpers)
 
 
 def _read_json(p: Path):
@@ -27,13 +31,11 @@ def _read_json(p: Path):
 
 
 def _preds(run: Path) -> dict[str, bool]:
-    out = {}
-    with open(run / "predictions.jsonl") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                out[str(row["id"])] = bool(row["correct"])
-    return out
+    """``{item id: correct}`` of an evaluated run dir."""
+    loaded = load_run(run)
+    if loaded is None:
+        raise SystemExit(f"{run}: expected an evaluated run dir (metrics.json with a score, predictions.jsonl)")
+    return loaded[1]
 
 
 def _csv_last(run: Path, cols: list[str]) -> dict[str, float | None]:
@@ -138,15 +140,6 @@ def table5(run: Path, refs: dict[str, Path]) -> dict | None:
     return out
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test (binomial, p = 1/2) on the discordant items."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
 def paired(a: Path, b: Path) -> dict:
     """Accuracy of two runs on their common items, wins/losses of ``a`` against ``b`` and the sign test."""
     pa, pb = _preds(a), _preds(b)
@@ -159,7 +152,7 @@ def paired(a: Path, b: Path) -> dict:
         "acc_b": sum(pb[i] for i in common) / len(common),
         "wins": wins,
         "losses": losses,
-        "p": sign_test(wins, losses),
+        "p": sign_test_p(wins, losses),
     }
 
 
@@ -180,6 +173,9 @@ def main() -> None:
     refs = dict(r.split("=", 1) for r in args.ref)
     refs = {k: Path(v) for k, v in refs.items()}
 
+    for r in [*args.runs, *refs.values()]:
+        if not (r / "metrics.json").is_file():
+            raise SystemExit(f"{r}: expected a train.py/eval.py run dir with metrics.json")
     rows = [run_row(r, args.slot) for r in args.runs]
     print("## Needle summary (slot", args.slot, ")\n")
     print(
